@@ -1,0 +1,84 @@
+"""Download pre-tokenized FineWeb-10B GPT-2 shards from the Hugging Face hub.
+
+Fetches fineweb_val_000000.bin and fineweb_train_000001.bin .. _{N:06d}.bin from
+the dataset repo kjj0/fineweb10B-gpt2 into data/fineweb10B/. A speedrun reads
+8 train shards; the default of 9 leaves a spare. Shards already present and
+valid are kept; a corrupt or partial one is fetched again. Each file is
+downloaded into a temporary folder and moved into place only once it passes
+the shard check, so an interrupted run never leaves a half-written shard.
+
+    python data/cached_fineweb10B.py        # val + 9 train shards (~2 GB)
+    python data/cached_fineweb10B.py 103    # everything
+"""
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tokenizer import check_shard  # noqa: E402
+
+REPO_ID = "kjj0/fineweb10B-gpt2"
+NUM_TRAIN_SHARDS_ON_HUB = 103
+
+
+def shard_names(num_train_shards):
+    return ["fineweb_val_000000.bin"] + [f"fineweb_train_{i:06d}.bin" for i in range(1, num_train_shards + 1)]
+
+
+def hf_fetch(filename, dest_dir):
+    """Download one file of the hub repo into dest_dir; return its path."""
+    from huggingface_hub import hf_hub_download  # imported here so tests need no hub client
+    return hf_hub_download(repo_id=REPO_ID, filename=filename, repo_type="dataset", local_dir=dest_dir)
+
+
+def download(names, output_dir, fetch=hf_fetch):
+    """Make output_dir hold a valid copy of each named shard; raise RuntimeError on the first failure."""
+    os.makedirs(output_dir, exist_ok=True)
+    for name in tqdm(names, unit="shard", desc="downloading"):
+        final_path = os.path.join(output_dir, name)
+        if os.path.exists(final_path):
+            try:
+                check_shard(final_path)
+                continue
+            except ValueError as error:
+                tqdm.write(f"{error}; fetching it again")
+                os.remove(final_path)
+        # Staging folder inside output_dir: same filesystem, so the final move is atomic.
+        staging_dir = tempfile.mkdtemp(dir=output_dir, prefix=".download-")
+        try:
+            fetched_path = fetch(name, staging_dir)
+            check_shard(fetched_path)
+            os.replace(fetched_path, final_path)
+        except Exception as error:
+            raise RuntimeError(f"could not download {name}: {error}") from error
+        finally:
+            shutil.rmtree(staging_dir, ignore_errors=True)
+
+
+def main(argv=None, fetch=hf_fetch):
+    here = os.path.dirname(os.path.abspath(__file__))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("num_train_shards", nargs="?", type=int, default=9,
+                        help=f"train shards to fetch, 0..{NUM_TRAIN_SHARDS_ON_HUB} (default 9)")
+    parser.add_argument("--output_dir", default=os.path.join(here, "fineweb10B"), help="where the shards go")
+    args = parser.parse_args(argv)
+    if not 0 <= args.num_train_shards <= NUM_TRAIN_SHARDS_ON_HUB:
+        parser.error(f"{REPO_ID} has {NUM_TRAIN_SHARDS_ON_HUB} train shards; asked for {args.num_train_shards}")
+
+    try:
+        download(shard_names(args.num_train_shards), args.output_dir, fetch)
+    except RuntimeError as error:
+        print(f"error: {error}\n"
+              "Check the network connection (and HF_ENDPOINT for a mirror, HF_TOKEN if you need a token), "
+              f"then rerun: shards already complete in {args.output_dir} are kept.", file=sys.stderr)
+        return 1
+    print(f"{args.num_train_shards + 1} shards ready in {args.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

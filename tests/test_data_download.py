@@ -1,0 +1,106 @@
+"""Tests of data/cached_fineweb10B.py against a local fake hub (no network)."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from data.cached_fineweb10B import download, main, shard_names
+from data.tokenizer import EOT, read_shard, write_shard
+
+NAMES = shard_names(3)
+
+
+class FakeHub:
+    """fetch(filename, dest_dir) that copies from a local folder and records the calls."""
+
+    def __init__(self, folder, fail_on=(), corrupt=()):
+        self.folder, self.fail_on, self.corrupt = folder, set(fail_on), set(corrupt)
+        self.calls = []
+
+    def __call__(self, filename, dest_dir):
+        self.calls.append(filename)
+        if filename in self.fail_on:
+            raise OSError("connection reset by peer")
+        dest = os.path.join(dest_dir, filename)
+        shutil.copy(os.path.join(self.folder, filename), dest)
+        if filename in self.corrupt:  # a download cut short
+            with open(dest, "r+b") as f:
+                f.truncate(os.path.getsize(dest) - 10)
+        return dest
+
+
+@pytest.fixture
+def hub_dir(tmp_path):
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    for i, name in enumerate(NAMES):
+        write_shard(folder / name, np.array([EOT] + [i + 1] * (100 + i), dtype=np.uint16))
+    return folder
+
+
+def assert_same_shard(path_a, path_b):
+    assert read_shard(path_a).tolist() == read_shard(path_b).tolist()
+
+
+def test_shard_names():
+    assert shard_names(9)[0] == "fineweb_val_000000.bin"
+    assert shard_names(9)[1:] == [f"fineweb_train_{i:06d}.bin" for i in range(1, 10)]
+
+
+def test_download_fetches_everything_then_nothing(tmp_path, hub_dir):
+    out = tmp_path / "out"
+    hub = FakeHub(hub_dir)
+    download(NAMES, out, fetch=hub)
+    assert hub.calls == NAMES
+    assert sorted(os.listdir(out)) == sorted(NAMES)  # no staging folder left behind
+    for name in NAMES:
+        assert_same_shard(out / name, hub_dir / name)
+    again = FakeHub(hub_dir)
+    download(NAMES, out, fetch=again)
+    assert again.calls == []  # complete shards are not fetched again
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_existing_shard_is_fetched_again(tmp_path, hub_dir, damage):
+    out = tmp_path / "out"
+    download(NAMES, out, fetch=FakeHub(hub_dir))
+    broken = out / NAMES[1]
+    if damage == "truncate":
+        with open(broken, "r+b") as f:
+            f.truncate(500)
+    else:
+        broken.write_bytes(b"<html>rate limited</html>" * 50)
+    hub = FakeHub(hub_dir)
+    download(NAMES, out, fetch=hub)
+    assert hub.calls == [NAMES[1]]
+    assert_same_shard(broken, hub_dir / NAMES[1])
+
+
+def test_failed_fetch_keeps_completed_shards_and_leaves_no_partial_file(tmp_path, hub_dir):
+    out = tmp_path / "out"
+    hub = FakeHub(hub_dir, fail_on={NAMES[2]})
+    with pytest.raises(RuntimeError, match=f"could not download {NAMES[2]}: connection reset"):
+        download(NAMES, out, fetch=hub)
+    assert hub.calls == NAMES[:3]  # stops at the first failure
+    assert sorted(os.listdir(out)) == sorted(NAMES[:2])
+    for name in NAMES[:2]:
+        assert_same_shard(out / name, hub_dir / name)
+
+
+def test_corrupt_download_is_not_moved_into_place(tmp_path, hub_dir):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="truncated"):
+        download(NAMES, out, fetch=FakeHub(hub_dir, corrupt={NAMES[0]}))
+    assert os.listdir(out) == []
+
+
+def test_main_failure_says_what_to_do(tmp_path, hub_dir, capsys):
+    out = tmp_path / "out"
+    status = main(["2", "--output_dir", str(out)], fetch=FakeHub(hub_dir, fail_on={NAMES[1]}))
+    assert status == 1
+    message = capsys.readouterr().err
+    assert NAMES[1] in message and "HF_TOKEN" in message and "rerun" in message
+    assert os.listdir(out) == [NAMES[0]]
+    assert main(["2", "--output_dir", str(out)], fetch=FakeHub(hub_dir)) == 0
+    assert sorted(os.listdir(out)) == sorted(NAMES[:3])
