@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Command one: the main job.
+#   GPU machine: a record-configuration run on every visible GPU (FineWeb shards in data/fineweb10B/).
+#   CPU only:    a small model trained for a few minutes on the bundled sample (data/sample/).
+# Extra arguments are hyperparameter overrides, e.g. ./run.sh --num_iterations=100
+set -euo pipefail
+cd "$(dirname "$0")"
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  if ! compgen -G "data/fineweb10B/fineweb_train_*.bin" >/dev/null; then
+    echo "No FineWeb shards in data/fineweb10B/. Download them (about 1.8 GB) with:" >&2
+    echo "    python data/cached_fineweb10B.py 9" >&2
+    exit 1
+  fi
+  exec torchrun --standalone --nproc_per_node="$(nvidia-smi -L | wc -l)" train_gpt.py "$@"
+fi
+echo "No GPU: training a small demo model on the CPU with the bundled sample (data/sample/, King James Bible)."
+./setup_cpu.sh
+exec .venv/bin/python train_gpt.py \
+  --train_files='data/sample/sample_train_*.bin' --val_files='data/sample/sample_val_*.bin' \
+  --sequence_length=1024 --batch_size=4096 --val_tokens=16384 \
+  --model_dim=128 --num_heads=2 --num_kv_heads=2 --mlp_dim=512 \
+  --num_iterations=50 --val_loss_every=25 --sample_at_end=true "$@"
