@@ -67,7 +67,7 @@ def newton_schulz_orthogonalize(grad: torch.Tensor, steps: int) -> torch.Tensor:
     return x.mT if transposed else x
 
 
-# torch 2.13 renamed all_gather_into_tensor; the flat-buffer form works on both NCCL and gloo.
+# torch 2.13 deprecates all_gather_into_tensor for all_gather_single; the flat-buffer form suits NCCL and gloo.
 all_gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
@@ -192,11 +192,14 @@ def sliding_window_block_mask(documents: torch.Tensor, window_blocks: torch.Tens
         indices = blocks.to(torch.int8).argsort(dim=-1, descending=True, stable=True).to(torch.int32)
         return counts[None, None].contiguous(), indices[None, None].contiguous()
 
-    def causal_same_document(batch, head, query_index, key_index):
-        return (query_index >= key_index) & (documents[query_index] == documents[key_index])
+    def causal_same_document_in_window(batch, head, query_index, key_index):
+        # The window term changes nothing where the block lists are used (compiled), but eager FlexAttention
+        # evaluates mask_mod everywhere, so the token rule must be whole.
+        return ((query_index >= key_index) & (documents[query_index] == documents[key_index])
+                & (query_index // ATTENTION_BLOCK - key_index // ATTENTION_BLOCK < window_blocks))
 
     return BlockMask.from_kv_blocks(*counts_and_sorted_indices(partial), *counts_and_sorted_indices(full),
-                                    BLOCK_SIZE=ATTENTION_BLOCK, mask_mod=causal_same_document)
+                                    BLOCK_SIZE=ATTENTION_BLOCK, mask_mod=causal_same_document_in_window)
 
 
 def dense_sliding_window_mask(documents: torch.Tensor, window_blocks: torch.Tensor) -> torch.Tensor:
@@ -626,11 +629,10 @@ def build_optimizers(model: GPT, args: Hyperparameters, rank: int, world_size: i
         orthogonalize = torch.compile(newton_schulz_orthogonalize)
     muon = Muon(hidden_matrices, lr=args.muon_lr, momentum=args.muon_momentum, ns_steps=args.newton_schulz_steps,
                 rank=rank, world_size=world_size, orthogonalize=orthogonalize)
-    optimizers = [adam, muon]
-    for optimizer in optimizers:
+    for optimizer in (adam, muon):
         for group in optimizer.param_groups:
             group["initial_lr"] = group["lr"]
-    return optimizers
+    return adam, muon
 
 
 # -----------------------------------------------------------------------------
@@ -648,8 +650,8 @@ def main(argv: list[str]):
     log_path = Path("logs") / f"{run_id}.txt"
     if rank == 0 and log_path.exists():
         raise SystemExit(f"error: {log_path} exists; logs are never overwritten, choose another --run_id")
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", device_id=device
-                            if device.type == "cuda" else None)
+    on_cuda = device.type == "cuda"
+    dist.init_process_group(backend="nccl" if on_cuda else "gloo", device_id=device if on_cuda else None)
     shared_run_id = [run_id]
     dist.broadcast_object_list(shared_run_id, src=0)  # every rank names checkpoints after rank 0's id
     run_id = shared_run_id[0]
@@ -676,31 +678,29 @@ def main(argv: list[str]):
 
     torch.manual_seed(args.seed)
     raw_model = build_model(args, device)
-    use_compile = args.compile == "true" or (args.compile == "auto" and device.type == "cuda")
+    use_compile = args.compile == "true" or (args.compile == "auto" and on_cuda)
     inductor_config.coordinate_descent_tuning = args.coordinate_descent_tuning
     model = torch.compile(raw_model, dynamic=False) if use_compile else raw_model
     # Our only buffers (rotary tables) are identical on every rank, so DDP need not broadcast them each
     # forward; torch 2.13 deprecates that flag's name but keeps its meaning.
     warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated")
-    model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+    model = DDP(model, device_ids=[device.index] if on_cuda else None,
                 broadcast_buffers=False, gradient_as_bucket_view=True)  # DDP also broadcasts rank 0's weights
-    optimizers = build_optimizers(raw_model, args, rank, world_size)
-    adam, muon = optimizers
+    adam, muon = build_optimizers(raw_model, args, rank, world_size)
+    optimizers = [adam, muon]
     # The window lives in a device tensor updated in place, so a growing window never recompiles.
     window_blocks = torch.tensor(window_blocks_at(0, args), dtype=torch.int32, device=device)
     train_batches = distributed_batches(train_files, args.sequence_length, rank, world_size, device)
     val_micro_batches = args.val_tokens // (world_size * args.sequence_length)
 
-    # The loss of step s is copied to the host while step s + 1 runs and checked then: no stall per step.
+    # Step s's loss reaches the host while step s + 1 runs and is checked then, so no step waits for it.
     pending_loss = None  # (step, host tensor, CUDA event or None)
+    stop_reason = None  # set when a loss is not finite
 
-    def stop_if_not_finite(step: int, loss: torch.Tensor, ready):
+    def non_finite_train_loss(step: int, loss: torch.Tensor, ready) -> str | None:
         if ready is not None:
             ready.synchronize()
-        if not math.isfinite(loss.item()):
-            print0(f"stopping: train loss is {loss.item()} at step {step}", console=True)
-            dist.destroy_process_group()
-            raise SystemExit(1)
+        return None if math.isfinite(loss.item()) else f"train loss is {loss.item()} at step {step}"
 
     training_time_ms = 0.0
     synchronize(device)
@@ -716,20 +716,19 @@ def main(argv: list[str]):
         if last_step or (args.val_loss_every > 0 and step % args.val_loss_every == 0):
             synchronize(device)
             training_time_ms += 1000 * (time.perf_counter() - t0)
-            val_loss = torch.zeros((), device=device)
+            val_loss_sum = torch.zeros((), device=device)
             val_batches = distributed_batches(val_files, args.sequence_length, rank, world_size, device)
             with torch.no_grad():
                 for inputs, targets in itertools.islice(val_batches, val_micro_batches):
-                    val_loss += model(inputs, targets, window_blocks)
-            dist.all_reduce(val_loss, op=dist.ReduceOp.AVG)
-            val_loss = val_loss.item() / val_micro_batches
+                    val_loss_sum += model(inputs, targets, window_blocks)
+            dist.all_reduce(val_loss_sum, op=dist.ReduceOp.AVG)
+            val_loss = val_loss_sum.item() / val_micro_batches
             step_avg = training_time_ms / timed_steps if timed_steps > 0 else float("nan")
             print0(f"step:{step}/{args.num_iterations} val_loss:{val_loss:.4f} train_time:{training_time_ms:.0f}ms "
                    f"step_avg:{step_avg:.2f}ms", console=True)
             if not math.isfinite(val_loss):
-                print0(f"stopping: val loss is {val_loss} at step {step}", console=True)
-                dist.destroy_process_group()
-                raise SystemExit(1)
+                stop_reason = f"val loss is {val_loss} at step {step}"
+                break
             synchronize(device)
             t0 = time.perf_counter()
         if last_step:
@@ -756,27 +755,30 @@ def main(argv: list[str]):
 
         dist.all_reduce(step_loss, op=dist.ReduceOp.AVG)  # every rank then stops at the same step
         host_loss = step_loss.to("cpu", non_blocking=True)
-        ready = torch.cuda.Event() if device.type == "cuda" else None
+        ready = torch.cuda.Event() if on_cuda else None
         if ready is not None:
             ready.record()
         if pending_loss is not None:
-            stop_if_not_finite(*pending_loss)
+            stop_reason = non_finite_train_loss(*pending_loss)
+            if stop_reason:
+                break
         pending_loss = (step + 1, host_loss, ready)
 
         approx_time_ms = training_time_ms + 1000 * (time.perf_counter() - t0)
         step_avg = approx_time_ms / (timed_steps + 1) if timed_steps + 1 > 0 else float("nan")
         print0(f"step:{step + 1}/{args.num_iterations} train_time:{approx_time_ms:.0f}ms step_avg:{step_avg:.2f}ms",
                console=True)
-    if pending_loss is not None:
-        stop_if_not_finite(*pending_loss)
-
-    if device.type == "cuda":
+    if stop_reason is None and pending_loss is not None:
+        stop_reason = non_finite_train_loss(*pending_loss)
+    if stop_reason is not None:
+        print0(f"stopping: {stop_reason}", console=True)
+    elif on_cuda:
         print0(f"peak memory allocated: {torch.cuda.max_memory_allocated(device) // 2**20} MiB "
                f"reserved: {torch.cuda.max_memory_reserved(device) // 2**20} MiB", console=True)
     else:
         print0(f"peak memory (max RSS of rank 0): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB",
                console=True)
-    if args.save_checkpoint:
+    if args.save_checkpoint and stop_reason is None:
         checkpoint_dir = Path("logs") / run_id
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = checkpoint_dir / f"state_step{args.num_iterations:06d}_rank{rank}.pt"
@@ -789,10 +791,16 @@ def main(argv: list[str]):
         with open(path, "xb") as f:
             torch.save(state, f)
         print0(f"checkpoint saved to {checkpoint_dir}/state_step{args.num_iterations:06d}_rank*.pt", console=True)
-    if args.sample_at_end and rank == 0:
+    if args.sample_at_end and rank == 0 and stop_reason is None:
         log_samples(raw_model, args, window_blocks, print0)
+    # gloo's worker threads release the last collectives' tensors, which takes the GIL; teardown joins them
+    # while holding it. Waiting in a barrier (GIL released) lets them finish first: without it, a CPU run
+    # sometimes hung at exit.
+    dist.barrier()
+    del model
     dist.destroy_process_group()
+    return 0 if stop_reason is None else 1
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

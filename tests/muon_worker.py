@@ -2,8 +2,8 @@
 
     python tests/muon_worker.py RANK WORLD_SIZE STORE_FILE OUTPUT_FILE
 
-Every rank builds the same seeded parameters and gradients, takes two Muon steps (momentum 0.85, then
-0.9, as the warm-up would set them in the group) and saves the parameters after each step.
+Every rank builds the same seeded parameters and gradients, takes three Muon steps with the momentum set
+in the group before each (0.6, 0.8, 0.95: rising, as the warm-up sets it) and saves the parameters after each.
 """
 import sys
 from pathlib import Path
@@ -20,7 +20,7 @@ SHAPES = [(64, 256), (256, 64), (128, 128), (64, 256), (32, 512),  # numel 16384
           (32, 48), (48, 32), (24, 64),                              # numel 1536, 3 parameters
           (16, 16)]                                                  # numel 256, 1 parameter
 LR = 0.05
-MOMENTA = (0.85, 0.9)
+MOMENTA = (0.6, 0.8, 0.95)
 
 
 def make_params():
