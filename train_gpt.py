@@ -413,7 +413,7 @@ class Hyperparameters:
     head_lr: float = 0.008
     scalar_lr: float = 0.04
     # evaluation, logging, output
-    val_loss_every: int = 125  # 0: only at the first and last step
+    val_loss_every: int = 125  # also at the last step; 0: only there
     timing_warmup_steps: int = 10  # the clock restarts after these steps (compilation, warm-up)
     run_id: str = ""  # empty: a fresh uuid; logs/<run_id>.txt is never overwritten
     save_checkpoint: bool = False

@@ -166,6 +166,10 @@ def main(argv=None):
         documents = hub_documents(args.hf_dataset, args.hf_name, args.hf_split, args.text_column, shuffle_seed)
         total_documents = None
 
+    existing = sorted(glob.glob(os.path.join(args.output_dir, f"{args.prefix}_*.bin")))
+    if existing:  # never overwrite shards, nor leave stale ones beside a shorter new set
+        sys.exit(f"error: {existing[0]} exists ({len(existing)} {args.prefix}_*.bin shard(s) in {args.output_dir}); "
+                 "choose another --output_dir or --prefix, or delete them first")
     os.makedirs(args.output_dir, exist_ok=True)
     writer = ShardWriter(args.output_dir, args.prefix, args.shard_size, val_tokens)
     total_tokens = 0

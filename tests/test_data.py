@@ -5,6 +5,7 @@ import os
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,6 +209,16 @@ def test_txt_split_regex(tmp_path, encoding):
     documents = [encoding.decode(doc[1:]) for doc in split_documents(concatenated(paths))]
     assert documents == ["Chapter 1\n  verse one\n", "Chapter 2\n  verse two\n"]
 
+
+def test_existing_shards_are_never_overwritten(tmp_path):
+    write_jsonl(tmp_path / "docs.jsonl", DOCUMENTS)
+    paths = run_fineweb([tmp_path / "docs.jsonl"], tmp_path / "out", "--shard_size", 50, "--workers", 1)
+    before = {p: Path(p).read_bytes() for p in paths}
+    with pytest.raises(SystemExit) as error:
+        run_fineweb([tmp_path / "docs.jsonl"], tmp_path / "out", "--shard_size", 50, "--workers", 1)
+    message = str(error.value.code)
+    assert f"{paths[1]} exists" in message and "choose another --output_dir or --prefix" in message
+    assert {p: Path(p).read_bytes() for p in paths} == before
 
 def test_hub_without_datasets_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
