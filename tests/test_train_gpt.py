@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.flex_attention import flex_attention
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 import train_gpt
 
@@ -281,6 +281,29 @@ def test_flex_attention_agrees_with_sdpa_dense_mask(layout, window, heads, kv_he
     # The comparison can tell masks apart: plain causal attention gives a clearly different result.
     causal = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     assert (causal - sdpa).abs().max() > 0.1
+
+
+def test_compiled_flex_attention_uses_the_block_lists():
+    """Compiled FlexAttention (the GPU's path; its forward also compiles on CPU) visits only the listed blocks
+    and skips mask_mod in full ones, unlike eager FlexAttention. So it agrees with the dense rule only if
+    the block lists themselves are right; a mask that wrongly lists every causal block as full must differ."""
+    compiled_flex = torch.compile(flex_attention, dynamic=False)
+    documents = LAYOUTS["random"]
+    q, k, v = attention_inputs(4, 2, len(documents))
+    for window in (2, 5):
+        window_tensor = torch.tensor(window, dtype=torch.int32)
+        dense = train_gpt.dense_sliding_window_mask(documents, window_tensor)
+        sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=dense, enable_gqa=True)
+        block_mask = train_gpt.sliding_window_block_mask(documents, window_tensor)
+        flex = compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=True)
+        torch.testing.assert_close(flex, sdpa, atol=1e-5, rtol=1e-5)
+    num_blocks = len(documents) // BLOCK
+    causal_blocks = torch.ones(num_blocks, num_blocks, dtype=torch.bool).tril(-1)
+    counts = causal_blocks.sum(-1, dtype=torch.int32)[None, None]
+    indices = causal_blocks.to(torch.int8).argsort(dim=-1, descending=True, stable=True).to(torch.int32)[None, None]
+    wrong = BlockMask.from_kv_blocks(block_mask.kv_num_blocks, block_mask.kv_indices, counts, indices,
+                                     BLOCK_SIZE=BLOCK, mask_mod=block_mask.mask_mod)
+    assert (compiled_flex(q, k, v, block_mask=wrong, enable_gqa=True) - sdpa).abs().max() > 0.1
 
 
 # -----------------------------------------------------------------------------

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+import train_gpt
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_GPT = REPO / "train_gpt.py"
@@ -87,7 +90,7 @@ def torchrun(cwd: Path, args: list[str], ranks: int = 2, timeout: int = 120):
 @pytest.fixture(scope="module")
 def two_rank_run(tmp_path_factory, data_dir):
     cwd = tmp_path_factory.mktemp("run")
-    result = torchrun(cwd, arguments(data_dir))
+    result = torchrun(cwd, arguments(data_dir, save_checkpoint="true"))
     return cwd, result
 
 
@@ -143,7 +146,29 @@ def test_rerun_with_same_run_id_is_refused(two_rank_run, data_dir):
     output = result.stdout + result.stderr
     assert str(Path("logs") / "test.txt") in output and "exists" in output, output[-3000:]
     assert log_path.read_bytes() == before
-    assert sorted(p.name for p in (cwd / "logs").iterdir()) == ["test.txt"]
+    assert sorted(p.name for p in (cwd / "logs").iterdir()) == ["test", "test.txt"]  # the checkpoint folder
+
+
+def test_checkpoint_holds_model_code_and_every_optimizer_state(two_rank_run):
+    cwd, result = two_rank_run
+    assert result.returncode == 0
+    rank0, rank1 = (torch.load(cwd / "logs" / "test" / f"state_step{ITERATIONS:06d}_rank{rank}.pt")
+                    for rank in (0, 1))
+    assert rank0["step"] == rank1["step"] == ITERATIONS
+    assert rank0["code"] == TRAIN_GPT.read_text() and "model" not in rank1
+    args = train_gpt.parse_hyperparameters([f"--{name}={value}" for name, value in OVERRIDES.items()])
+    model = train_gpt.build_model(args, torch.device("cpu"))
+    model.load_state_dict(rank0["model"])  # strict: every parameter saved, with its shape
+    assert model.lm_head.weight.abs().sum() > 0  # trained: the head starts at zero
+    # Adam's state is replicated; Muon's momentum lives with the rank that owns each matrix, so the two
+    # ranks' Muon states together cover every hidden matrix exactly once.
+    adam0, muon0 = rank0["optimizers"]
+    adam1, muon1 = rank1["optimizers"]
+    assert adam0["state"].keys() == adam1["state"].keys()
+    num_hidden_matrices = sum(p.ndim >= 2 for p in model.blocks.parameters())
+    assert not muon0["state"].keys() & muon1["state"].keys()
+    assert len(muon0["state"]) + len(muon1["state"]) == num_hidden_matrices
+    assert len(muon0["state"]) > 0 and len(muon1["state"]) > 0
 
 
 def test_nan_learning_rate_stops_the_run(tmp_path, data_dir):
