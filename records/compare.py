@@ -224,6 +224,13 @@ def plot_val_curves(named_summaries, out_path) -> None:
         losses = [loss for _, _, loss in summary.val_curve]
         by_time.plot(seconds, losses, marker=".", label=name)
         by_step.plot(steps, losses, marker=".", label=name)
+    # The untrained step-0 loss (~10.8) would squash the curves into a flat line: keep it off the y range.
+    trained_losses = [loss for _, summary in named_summaries for step, _, loss in summary.val_curve if step > 0]
+    if trained_losses:
+        low, high = min(trained_losses), max(trained_losses)
+        margin = 0.05 * (high - low) or 0.05
+        for axis in (by_time, by_step):
+            axis.set_ylim(low - margin, high + margin)
     by_time.set_xlabel("training time (s)")
     by_step.set_xlabel("step")
     for axis in (by_time, by_step):
