@@ -349,22 +349,30 @@ def load_shard(path: str) -> torch.Tensor:
     return tokens
 
 
+IGNORED_TARGET = -100  # F.cross_entropy's default ignore_index
+
+
 def micro_batches_in_shard(num_tokens: int, global_micro_batch: int) -> int:
-    return (num_tokens - 1) // global_micro_batch  # each needs one token more for the last target
+    return num_tokens // global_micro_batch
 
 
 def distributed_batches(files: list[str], sequence_length: int, rank: int, world_size: int, device):
     """Yields this rank's (inputs, targets) of each micro-batch: rank r takes the r-th sequence_length
     slice of every world_size * sequence_length window, shard after shard. Tokens left at a shard's end
-    (less than a whole window) are skipped."""
+    (less than a whole window) are skipped. Where a window ends exactly at the shard's end, its last token
+    has no next token to predict: that target is ignored, so a 2,097,152-token validation shard gives
+    2,097,152 tokens of validation."""
     global_micro_batch = world_size * sequence_length
     for path in files:
         tokens = load_shard(path)
         for start in range(0, micro_batches_in_shard(len(tokens), global_micro_batch) * global_micro_batch,
                            global_micro_batch):
             local = tokens[start + rank * sequence_length:][:sequence_length + 1]
-            yield (local[:-1].to(device=device, dtype=torch.int32, non_blocking=True),
-                   local[1:].to(device=device, dtype=torch.int64, non_blocking=True))
+            inputs = local[:sequence_length].to(device=device, dtype=torch.int32, non_blocking=True)
+            targets = local[1:].to(device=device, dtype=torch.int64, non_blocking=True)
+            if len(targets) < sequence_length:
+                targets = F.pad(targets, (0, 1), value=IGNORED_TARGET)
+            yield inputs, targets
 
 
 def shard_files(pattern: str, role: str) -> list[str]:

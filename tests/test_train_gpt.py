@@ -473,7 +473,7 @@ def test_distributed_batches_tile_the_global_batch(tmp_path, world_size):
     sequence_length = 128
     global_micro = world_size * sequence_length
     # Token i of shard s is 10000 * s + i: every token names its place.
-    sizes = [5 * 512 + 37, 3 * 512 + 1]
+    sizes = [5 * 512 + 37, 3 * 512]  # the second ends exactly on a window: its very last target is unknown
     files = []
     for s, size in enumerate(sizes):
         files.append(tmp_path / f"train_{s:06d}.bin")
@@ -481,7 +481,7 @@ def test_distributed_batches_tile_the_global_batch(tmp_path, world_size):
     per_rank = [list(train_gpt.distributed_batches([str(f) for f in files], sequence_length, rank, world_size,
                                                    torch.device("cpu")))
                 for rank in range(world_size)]
-    expected_counts = [(size - 1) // global_micro for size in sizes]
+    expected_counts = [size // global_micro for size in sizes]
     assert all(len(batches) == sum(expected_counts) for batches in per_rank)
     micro = 0
     for s, count in enumerate(expected_counts):
@@ -490,7 +490,10 @@ def test_distributed_batches_tile_the_global_batch(tmp_path, world_size):
             targets = torch.cat([per_rank[rank][micro][1] for rank in range(world_size)])
             start = 10000 * s + m * global_micro
             assert torch.equal(inputs.long(), torch.arange(start, start + global_micro))
-            assert torch.equal(targets, torch.arange(start + 1, start + global_micro + 1))
+            expected_targets = torch.arange(start + 1, start + global_micro + 1)
+            if start + global_micro == 10000 * s + sizes[s]:  # past the shard's end: ignored by the loss
+                expected_targets[-1] = -100
+            assert torch.equal(targets, expected_targets)
             for rank in range(world_size):
                 local_inputs, local_targets = per_rank[rank][micro]
                 assert local_inputs.dtype == torch.int32 and local_targets.dtype == torch.int64
@@ -548,11 +551,11 @@ def test_check_run_inputs_rejects_bad_arguments(tmp_path):
 
 
 def test_check_run_inputs_too_few_tokens_says_how_many_shards(tmp_path):
-    # 2 train shards of 10000 tokens: each holds (10000 - 1) // 512 = 19 micro-batches of 2 x 256 tokens.
+    # 2 train shards of 10000 tokens: each holds 10000 // 512 = 19 micro-batches of 2 x 256 tokens.
     args = good_run(tmp_path, num_iterations=100)  # needs 100 x 1024 / 512 = 200 micro-batches
     message = check_fails(args, 2, "train", "200 micro-batches", "38 micro-batches", str(tmp_path / "data"))
     shards = int(message.split("about ")[1].split(" shards")[0])
-    per_shard = (10000 - 1) // 512
+    per_shard = 10000 // 512
     assert shards * per_shard >= 200 and (shards - 2) * per_shard < 200  # enough, and not wildly more
     # Validation short of tokens fails the same way.
     check_fails(good_run(tmp_path, val_tokens=512 * 20), 2, "val", "20 micro-batches", "19 micro-batches")
