@@ -360,6 +360,25 @@ def test_model_flex_and_sdpa_paths_agree_in_forward(kv_heads):
     assert abs(other_window_loss.item() - sdpa_loss.item()) > 10 * difference
 
 
+def test_compiled_model_with_flex_attention_matches_and_never_recompiles_for_a_new_window():
+    """The GPU's forward path, on CPU: torch.compile of the whole model, with the BlockMask built inside the
+    compiled graph and FlexAttention's block-sparse kernel. It must agree with the SDPA path, and a growing
+    window (written into the same device tensor) must not trigger a recompile."""
+    model, _ = tiny_model(num_kv_heads=1)
+    inputs, targets = tiny_tokens(length=512)
+    window = torch.tensor(2, dtype=torch.int32)
+    with torch.no_grad():
+        sdpa_losses = [model(inputs, targets, torch.tensor(w, dtype=torch.int32)).item() for w in (2, 4)]
+        model.use_flex_attention = True
+        compiled = torch.compile(model, dynamic=False)
+        flex_losses = [compiled(inputs, targets, window).item()]
+        window.fill_(4)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            flex_losses.append(compiled(inputs, targets, window).item())
+    assert abs(sdpa_losses[0] - sdpa_losses[1]) > 1e-3  # the two windows really differ
+    for flex_loss, sdpa_loss in zip(flex_losses, sdpa_losses):
+        assert abs(flex_loss - sdpa_loss) < 2e-3 * sdpa_loss, (flex_losses, sdpa_losses)
+
 def test_model_initial_loss_is_log_vocab():
     model, args = tiny_model(randomize=False)
     assert not model.lm_head.weight.any()
