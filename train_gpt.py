@@ -481,9 +481,17 @@ def check_run_inputs(args: Hyperparameters, world_size: int) -> tuple[list[str],
                          "heads must divide model_dim into a head dim divisible by 4, kv heads must divide heads")
     if args.num_layers % 2 or args.num_layers < 6:
         raise ValueError(f"num_layers={args.num_layers}: the U-Net and the value embeddings need an even number >= 6")
-    for index in attention_free_layers(args):
+    try:
+        layer_indices = attention_free_layers(args)
+    except ValueError:
+        raise ValueError(f"attention_free_layers={args.attention_free_layers!r}: expected comma-separated "
+                         "layer indices, e.g. \"7\"") from None
+    for index in layer_indices:
         if not 0 <= index < args.num_layers:
             raise ValueError(f"attention_free_layers={args.attention_free_layers!r}: no layer {index}")
+    if args.num_iterations < 1 or not 0 <= args.cooldown_frac <= 1:
+        raise ValueError(f"num_iterations={args.num_iterations}, cooldown_frac={args.cooldown_frac}: "
+                         "expected at least 1 step and a fraction between 0 and 1")
     if args.compile not in ("auto", "true", "false"):
         raise ValueError(f"compile={args.compile!r}: expected auto, true or false")
     if args.vocab_size <= EOT_TOKEN:
@@ -495,11 +503,11 @@ def check_run_inputs(args: Hyperparameters, world_size: int) -> tuple[list[str],
             tokens_needed = micro_batches_needed * global_micro_batch
             shard_tokens = sum(read_shard_header(f) for f in files) / len(files)
             shards_needed = math.ceil(tokens_needed / shard_tokens * 1.01)  # ends of shards are skipped
+            remedy = (f"about {shards_needed} shards are needed (FineWeb: python data/cached_fineweb10B.py "
+                      f"{shards_needed})" if role == "train" else "lower val_tokens or use a larger validation set")
             raise ValueError(f"{role} needs {tokens_needed:,} tokens ({micro_batches_needed} micro-batches of "
                              f"{global_micro_batch:,}) but the {len(files)} shard(s) matching "
-                             f"{getattr(args, role + '_files')!r} hold {micro_batches} micro-batches; about "
-                             f"{shards_needed} shards are needed (FineWeb: python data/cached_fineweb10B.py "
-                             f"{shards_needed})")
+                             f"{getattr(args, role + '_files')!r} hold {micro_batches} micro-batches; {remedy}")
 
     train_files, val_files = shard_files(args.train_files, "train"), shard_files(args.val_files, "val")
     check_enough_tokens(train_files, args.num_iterations * args.batch_size // global_micro_batch, "train")

@@ -564,6 +564,10 @@ def test_check_run_inputs_rejects_bad_arguments(tmp_path):
                 "sequence_length=200", "128")
     check_fails(good_run(tmp_path, val_tokens=1000), 2, "val_tokens=1000", "512")
     check_fails(good_run(tmp_path, val_tokens=0), 2, "val_tokens=0")
+    check_fails(good_run(tmp_path, attention_free_layers="7,x"), 2, "attention_free_layers='7,x'", "comma-separated")
+    check_fails(good_run(tmp_path, attention_free_layers="12"), 2, "no layer 12")
+    check_fails(good_run(tmp_path, num_iterations=0), 2, "num_iterations=0")
+    check_fails(good_run(tmp_path, cooldown_frac=1.5), 2, "cooldown_frac=1.5")
     # The same batch is fine on 1 rank and on 4, with the micro-batch counts this implies.
     train_gpt.check_run_inputs(good_run(tmp_path), 1)
     train_gpt.check_run_inputs(good_run(tmp_path), 4)
@@ -577,7 +581,8 @@ def test_check_run_inputs_too_few_tokens_says_how_many_shards(tmp_path):
     per_shard = 10000 // 512
     assert shards * per_shard >= 200 and (shards - 2) * per_shard < 200  # enough, and not wildly more
     # Validation short of tokens fails the same way.
-    check_fails(good_run(tmp_path, val_tokens=512 * 20), 2, "val", "20 micro-batches", "19 micro-batches")
+    check_fails(good_run(tmp_path, val_tokens=512 * 20), 2, "val", "20 micro-batches", "19 micro-batches",
+                "lower val_tokens")
 
 
 def test_bad_shards_are_rejected_naming_the_file(tmp_path):
