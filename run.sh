@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   if ! compgen -G "data/fineweb10B/fineweb_train_*.bin" >/dev/null; then
-    echo "No FineWeb shards in data/fineweb10B/. Download them (about 1.8 GB) with:" >&2
+    echo "No FineWeb shards in data/fineweb10B/. Download them (about 2 GB) with:" >&2
     echo "    python data/cached_fineweb10B.py 9" >&2
     exit 1
   fi
