@@ -685,7 +685,8 @@ def main(argv: list[str]):
             logfile.write(text + "\n")
             logfile.flush()
 
-    print0(Path(__file__).read_text())
+    code = Path(__file__).read_text()  # logged first, and saved with a checkpoint
+    print0(code)
     print0("=" * 100)
     print0(environment_report(device, world_size), console=True)
     print0("hyperparameters: " + json.dumps(dataclasses.asdict(args)), console=True)
@@ -802,7 +803,7 @@ def main(argv: list[str]):
         # model and the code.
         state = dict(step=args.num_iterations, optimizers=[opt.state_dict() for opt in optimizers])
         if rank == 0:
-            state.update(model=raw_model.state_dict(), code=Path(__file__).read_text(),
+            state.update(model=raw_model.state_dict(), code=code,
                          hyperparameters=dataclasses.asdict(args))
         with open(path, "xb") as f:
             torch.save(state, f)
