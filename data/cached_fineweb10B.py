@@ -18,8 +18,10 @@ import tempfile
 
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tokenizer import check_shard  # noqa: E402
+# Run as `python data/cached_fineweb10B.py` from any directory: the repository root goes on sys.path so
+# the tokenizer is always the one module data.tokenizer.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from data.tokenizer import check_shard  # noqa: E402
 
 REPO_ID = "kjj0/fineweb10B-gpt2"
 NUM_TRAIN_SHARDS_ON_HUB = 103

@@ -16,8 +16,10 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tokenizer import EOT, gpt2_encoding, read_shard  # noqa: E402
+# Run as `python data/check_shards.py` from any directory: the repository root goes on sys.path so
+# the tokenizer is always the one module data.tokenizer.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from data.tokenizer import EOT, gpt2_encoding, read_shard  # noqa: E402
 
 
 def shard_paths(folders_or_files):

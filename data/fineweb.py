@@ -24,8 +24,10 @@ from multiprocessing import Pool
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tokenizer import EOT, gpt2_encoding, write_shard  # noqa: E402
+# Run as `python data/fineweb.py` from any directory: the repository root goes on sys.path so
+# the tokenizer is always the one module data.tokenizer.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from data.tokenizer import EOT, gpt2_encoding, write_shard  # noqa: E402
 
 
 def expand_inputs(patterns):

@@ -4,8 +4,9 @@ Shard layout (SPEC section 5): a header of 256 little-endian int32
 [magic 20240520, version 1, token count, 0, ...] followed by that many
 little-endian uint16 GPT-2 token ids.
 
-Used by the other scripts in data/ (run from there: `from tokenizer import ...`)
-and by the tests (`from data.tokenizer import ...`).
+Always imported as `data.tokenizer` (never as plain `tokenizer`, which would be a
+second copy of this module): the scripts in data/ put the repository root on
+sys.path first, and the trainer and the tests run with the root on sys.path.
 """
 import hashlib
 import os

@@ -235,9 +235,9 @@ def test_missing_input_is_an_error(tmp_path):
 
 # --- check_shards.py and the committed sample ---------------------------------
 
-def run_script(name, *args):
+def run_script(name, *args, cwd=None):
     return subprocess.run([sys.executable, os.path.join(DATA_DIR, name), *map(str, args)],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, cwd=cwd)
 
 
 def test_check_shards_exit_codes(tmp_path):
@@ -258,10 +258,25 @@ def test_check_shards_exit_codes(tmp_path):
     assert str(bad_dir / "t_train_000001.bin") in bad.stderr and "truncated" in bad.stderr
 
 
-@pytest.mark.parametrize("script", ["fineweb.py", "check_shards.py", "cached_fineweb10B.py"])
-def test_scripts_have_help(script):
-    result = run_script(script, "--help")
-    assert result.returncode == 0 and "usage:" in result.stdout
+SCRIPTS = ["fineweb.py", "check_shards.py", "cached_fineweb10B.py"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_scripts_have_help_from_any_directory(script, tmp_path):
+    result = run_script(script, "--help", cwd=tmp_path)
+    assert result.returncode == 0 and "usage:" in result.stdout, result.stderr
+
+
+def test_scripts_share_one_tokenizer_module():
+    """Imported as modules, the scripts use data.tokenizer; no second copy imported as plain `tokenizer`."""
+    modules = [f"data.{script[:-3]}" for script in SCRIPTS]
+    check = (f"import importlib, sys\n"
+             f"for name in {modules!r}: importlib.import_module(name)\n"
+             f"assert 'data.tokenizer' in sys.modules, sorted(sys.modules)\n"
+             f"assert 'tokenizer' not in sys.modules, sys.modules['tokenizer']\n")
+    result = subprocess.run([sys.executable, "-c", check], cwd=os.path.dirname(DATA_DIR),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
 
 
 def test_committed_sample_shards(encoding):
