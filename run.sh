@@ -5,13 +5,25 @@
 # Extra arguments are hyperparameter overrides, e.g. ./run.sh --num_iterations=100
 set -euo pipefail
 cd "$(dirname "$0")"
+# GPUs to use: those CUDA_VISIBLE_DEVICES names when it is set (empty, -1 or none: no GPU), else all nvidia-smi lists.
+num_gpus=0
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  if [ -z "${CUDA_VISIBLE_DEVICES+set}" ]; then
+    num_gpus=$(nvidia-smi -L | grep -c '^GPU ' || true)
+  else
+    case "$CUDA_VISIBLE_DEVICES" in
+      "" | -1 | none) echo "CUDA_VISIBLE_DEVICES='$CUDA_VISIBLE_DEVICES' hides every GPU." ;;
+      *) IFS=, read -ra visible_gpus <<<"$CUDA_VISIBLE_DEVICES"; num_gpus=${#visible_gpus[@]} ;;
+    esac
+  fi
+fi
+if [ "$num_gpus" -gt 0 ]; then
   if ! compgen -G "data/fineweb10B/fineweb_train_*.bin" >/dev/null; then
     echo "No FineWeb shards in data/fineweb10B/. Download them (about 2 GB) with:" >&2
     echo "    python data/cached_fineweb10B.py 9" >&2
     exit 1
   fi
-  exec torchrun --standalone --nproc_per_node="$(nvidia-smi -L | wc -l)" train_gpt.py "$@"
+  exec torchrun --standalone --nproc_per_node="$num_gpus" train_gpt.py "$@"
 fi
 echo "No GPU: training a small demo model on the CPU with the bundled sample (data/sample/, King James Bible)."
 ./setup_cpu.sh
