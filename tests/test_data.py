@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+import train_gpt
 from data import fineweb
 from data.tokenizer import (
     EOT,
@@ -182,6 +184,28 @@ def test_documents_continue_across_shard_boundaries(tmp_path, encoding):
     assert [encoding.decode(doc[1:]) for doc in split_documents(tokens)] == DOCUMENTS
     # Some shard starts in the middle of a document: that document spans two shards.
     assert any(read_shard(p)[0] != EOT for p in paths[1:])
+
+
+def test_trainer_reads_back_every_token_fineweb_wrote(tmp_path, encoding):
+    """.txt files -> data/fineweb.py (as the user runs it) -> train_gpt.load_shard: the same tokens, in order."""
+    texts = DOCUMENTS[:4]
+    inputs = []
+    for i, text in enumerate(texts):
+        inputs.append(tmp_path / f"doc{i}.txt")
+        inputs[-1].write_text(text, encoding="utf-8")
+    out = tmp_path / "out"
+    result = run_script("fineweb.py", *inputs, "--output_dir", out, "--prefix", "rt", "--val_tokens", 20,
+                        "--shard_size", 32, "--no_shuffle", "--workers", 2, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    paths = [str(out / "rt_val_000000.bin")] + sorted(glob.glob(str(out / "rt_train_*.bin")))
+    assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in paths)  # nothing else written
+    expected = [token for text in texts for token in [EOT] + encoding.encode_ordinary(text)]
+    assert len(paths) == 1 + -(-(len(expected) - 20) // 32)
+    loaded = [train_gpt.load_shard(path) for path in paths]
+    assert all(tokens.dtype == torch.uint16 for tokens in loaded)
+    assert [train_gpt.read_shard_header(path) for path in paths] == [len(tokens) for tokens in loaded]
+    assert len(loaded[0]) == 20
+    assert torch.cat(loaded).tolist() == expected
 
 
 def test_shuffle_is_seeded_and_workers_keep_order(tmp_path):
