@@ -1,5 +1,7 @@
 """Tests of data/: offline GPT-2 tokenizer, shard format, fineweb.py and check_shards.py."""
+import collections
 import glob
+import importlib.util
 import json
 import os
 import struct
@@ -229,32 +231,146 @@ def test_shuffle_is_seeded_and_workers_keep_order(tmp_path):
 def test_txt_split_regex(tmp_path, encoding):
     (tmp_path / "book.txt").write_text("Chapter 1\n  verse one\n\nChapter 2\n  verse two\n", encoding="utf-8")
     paths = run_fineweb([tmp_path / "book.txt"], tmp_path / "out", "--split_regex", r"\n(?=\S)",
-                        "--no_shuffle", "--workers", 1)
+                        "--val_tokens", 4, "--no_shuffle", "--workers", 1)
     documents = [encoding.decode(doc[1:]) for doc in split_documents(concatenated(paths))]
     assert documents == ["Chapter 1\n  verse one\n", "Chapter 2\n  verse two\n"]
 
 
-def test_existing_shards_are_never_overwritten(tmp_path):
+def usage_error(capsys, *args):
+    """fineweb.main's one-line error for a wrong command line (exit status 2)."""
+    with pytest.raises(SystemExit) as error:
+        run_fineweb(*args)
+    assert error.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_existing_shards_are_never_overwritten(tmp_path, capsys):
     write_jsonl(tmp_path / "docs.jsonl", DOCUMENTS)
     paths = run_fineweb([tmp_path / "docs.jsonl"], tmp_path / "out", "--shard_size", 50, "--workers", 1)
     before = {p: Path(p).read_bytes() for p in paths}
-    with pytest.raises(SystemExit) as error:
-        run_fineweb([tmp_path / "docs.jsonl"], tmp_path / "out", "--shard_size", 50, "--workers", 1)
-    message = str(error.value.code)
+    message = usage_error(capsys, [tmp_path / "docs.jsonl"], tmp_path / "out", "--shard_size", 50, "--workers", 1)
     assert f"{paths[1]} exists" in message and "choose another --output_dir or --prefix" in message
     assert {p: Path(p).read_bytes() for p in paths} == before
 
-def test_hub_without_datasets_says_what_to_install(tmp_path, monkeypatch):
+
+def test_hub_without_datasets_says_what_to_install(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
-    with pytest.raises(SystemExit) as error:
-        run_fineweb([], tmp_path / "out")
-    assert "pip install datasets" in str(error.value.code)
+    assert "pip install datasets" in usage_error(capsys, [], tmp_path / "out")
 
 
-def test_missing_input_is_an_error(tmp_path):
-    with pytest.raises(SystemExit) as error:
-        run_fineweb([tmp_path / "nothing*.txt"], tmp_path / "out")
-    assert "no file matches" in str(error.value.code)
+def test_missing_input_is_an_error(tmp_path, capsys):
+    assert "no file matches" in usage_error(capsys, [tmp_path / "nothing*.txt"], tmp_path / "out")
+
+
+# Each case: the input files it writes (name -> bytes, None: a dangling link), the arguments after the base ones (see
+# run_fineweb_script), the fragments the one error line must hold, and the exit status.
+BadInput = collections.namedtuple("BadInput", "files args fragments status")
+GOOD_LINE = b'{"text": "a good document"}\n'
+HAVE_PYARROW = importlib.util.find_spec("pyarrow") is not None
+BAD_INPUTS = {
+    # Reading the input: exit status 1.
+    "jsonl undecodable": BadInput({"docs.jsonl": GOOD_LINE + b'{"text": "caf\xe9"}\n'}, ["docs.jsonl"],
+                                  ["docs.jsonl line 2", "not valid utf-8", "0xe9", "--encoding"], 1),
+    "txt undecodable": BadInput({"book.txt": b"one\ntwo\nthr\xffee\n"}, ["book.txt"],
+                                ["book.txt line 3", "not valid utf-8", "0xff", "--encoding"], 1),
+    "jsonl malformed": BadInput({"docs.jsonl": GOOD_LINE * 2 + b'{"text": "no end"\n'}, ["docs.jsonl"],
+                                ["docs.jsonl line 3", "not valid JSON", "column 18", "--skip_bad_documents"], 1),
+    "jsonl not an object": BadInput({"docs.jsonl": GOOD_LINE + b'["a", "list"]\n'}, ["docs.jsonl"],
+                                    ["docs.jsonl line 2", "not a JSON object but an array"], 1),
+    "jsonl no text field": BadInput({"docs.jsonl": b'{"id": 1, "content": "x"}\n'}, ["docs.jsonl"],
+                                    ["docs.jsonl line 1", "no 'text' field", "'id', 'content'", "--text_column"], 1),
+    "jsonl text not a string": BadInput({"docs.jsonl": GOOD_LINE + b'{"text": 5}\n'}, ["docs.jsonl"],
+                                        ["docs.jsonl line 2", "'text' field is a number, expected a string"], 1),
+    "parquet unreadable": BadInput({"rows.parquet": b"not parquet at all"}, ["rows.parquet"],
+                                   ["rows.parquet", "not a readable parquet file" if HAVE_PYARROW
+                                    else "needs pyarrow: pip install pyarrow"], 1),
+    "unreadable file": BadInput({"secret.txt": b"text"}, ["secret.txt"],  # made unreadable below
+                                ["secret.txt", "cannot read it", "Permission denied"], 1),
+    "dangling link": BadInput({"gone.txt": None}, ["gone.txt"], ["gone.txt", "cannot read it"], 1),
+    "empty input": BadInput({"empty.txt": b"", "blank.txt": b" \n\t\n"}, ["empty.txt", "blank.txt"],
+                            ["empty.txt, blank.txt", "empty or only whitespace"], 1),
+    "fewer tokens than val_tokens": BadInput(
+        {"hello.txt": b"Hello world"}, ["hello.txt", "--val_tokens", "100", "--workers", "2"],
+        ["holds 3 tokens", "--val_tokens=100", "lower --val_tokens or add text"], 1),
+    "no tokens left for training": BadInput(  # the validation shard is written, then removed
+        {"hello.txt": b"Hello world"}, ["hello.txt", "--val_tokens", "3", "--workers", "2"],
+        ["holds 3 tokens", "--val_tokens=3", "none would be left for training"], 1),
+    # The command line: exit status 2, before anything is read.
+    "folder as input": BadInput({"books/a.txt": b"text"}, ["books"], ["books is a folder", "books/*.txt"], 2),
+    "no file matches": BadInput({}, ["missing*.txt"], ["no file matches missing*.txt"], 2),
+    "unsupported file type": BadInput({"notes.md": b"text"}, ["notes.md"], ["notes.md", "unsupported file type"], 2),
+    "invalid split_regex": BadInput({"a.txt": b"text"}, ["a.txt", "--split_regex", "(chapter"],
+                                    ["--split_regex='(chapter'", "not a valid regular expression"], 2),
+    "output_dir is a file": BadInput({"a.txt": b"text", "taken": b""}, ["a.txt", "--output_dir", "taken"],
+                                     ["--output_dir=taken is a file"], 2),
+    "shard_size zero": BadInput({"a.txt": b"text"}, ["a.txt", "--shard_size", "0"],
+                                ["--shard_size=0", "must be between 1 and"], 2),
+    "val_tokens negative": BadInput({"a.txt": b"text"}, ["a.txt", "--val_tokens", "-5"],
+                                    ["--val_tokens=-5", "must be between 1 and"], 2),
+    "shard_size not a number": BadInput({"a.txt": b"text"}, ["a.txt", "--shard_size", "1e6"],
+                                        ["--shard_size", "invalid int value: '1e6'"], 2),
+    "workers zero": BadInput({"a.txt": b"text"}, ["a.txt", "--workers", "0"], ["--workers=0", "at least 1"], 2),
+    "prefix with a path separator": BadInput({"a.txt": b"text"}, ["a.txt", "--prefix", "sub/t"],
+                                             ["--prefix='sub/t'", "path separator", "--output_dir"], 2),
+    "unknown encoding": BadInput({"a.txt": b"text"}, ["a.txt", "--encoding", "klingon"],
+                                 ["--encoding='klingon'", "unknown encoding"], 2),
+    "missing bpe_file": BadInput({"a.txt": b"text"}, ["a.txt", "--bpe_file", "nowhere.tiktoken"],
+                                 ["nowhere.tiktoken", "No such file", "--bpe_file"], 2),
+}
+
+
+def run_fineweb_script(tmp_path, *args):
+    """data/fineweb.py as a user runs it, in tmp_path, writing shards to tmp_path/out."""
+    return run_script("fineweb.py", "--output_dir", "out", "--prefix", "t", "--shard_size", 64, "--val_tokens", 8,
+                      "--no_shuffle", "--workers", 1, *args, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, case):
+    for name, content in case.files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        if content is None:
+            (tmp_path / name).symlink_to(tmp_path / "nowhere")
+        else:
+            (tmp_path / name).write_bytes(content)
+    if "secret.txt" in case.files:
+        if os.geteuid() == 0:
+            pytest.skip("root reads every file")
+        (tmp_path / "secret.txt").chmod(0)
+    result = run_fineweb_script(tmp_path, *case.args)
+    assert result.returncode == case.status, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in case.fragments:
+        assert fragment in lines[0]
+    assert [p for p in tmp_path.rglob("*") if p.suffix in (".bin", ".tmp")] == []
+    assert not (tmp_path / "out").exists()  # nor an empty output folder
+
+
+def test_skip_bad_documents_keeps_the_good_ones(tmp_path, encoding):
+    lines = [b'{"text": "first good"}', b'{"text": "caf\xe9"}', b'{"text": ', b'{"text": "second good"}',
+             b'{"body": "no text field"}', b'{"text": "third good"}']
+    (tmp_path / "docs.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    result = run_fineweb_script(tmp_path, "docs.jsonl", "--skip_bad_documents")
+    assert result.returncode == 0, result.stderr
+    warnings = result.stderr.strip().splitlines()
+    assert [w.split(":")[:2] for w in warnings[:3]] == \
+        [["warning", " docs.jsonl line 2"], ["warning", " docs.jsonl line 3"], ["warning", " docs.jsonl line 5"]]
+    assert all(w.endswith("; skipped") for w in warnings[:3])
+    assert warnings[3] == "warning: skipped 3 bad documents (see the warnings above)"
+    expected = [t for text in ["first good", "second good", "third good"] for t in [EOT] + encoding.encode_ordinary(text)]
+    assert concatenated(sorted(glob.glob(str(tmp_path / "out" / "t_*.bin")), key=lambda p: "val" not in p)) == expected
+
+
+def test_encoding_option_reads_latin1(tmp_path, encoding):
+    text = "Café, naïve, Ångström: Latin-1 text."
+    (tmp_path / "latin.txt").write_bytes(text.encode("latin-1"))
+    assert run_fineweb_script(tmp_path, "latin.txt").returncode == 1  # not utf-8
+    result = run_fineweb_script(tmp_path, "latin.txt", "--encoding", "latin-1")
+    assert result.returncode == 0, result.stderr
+    paths = [tmp_path / "out" / "t_val_000000.bin", tmp_path / "out" / "t_train_000001.bin"]
+    assert concatenated(paths) == [EOT] + encoding.encode_ordinary(text)
 
 
 # --- check_shards.py and the committed sample ---------------------------------
