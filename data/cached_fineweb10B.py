@@ -6,11 +6,15 @@ the dataset repo kjj0/fineweb10B-gpt2 into data/fineweb10B/. A speedrun reads
 valid are kept; a corrupt or partial one is fetched again. Each file is
 downloaded into a temporary folder and moved into place only once it passes
 the shard check, so an interrupted run never leaves a half-written shard.
+Errors are one `error:` line: exit status 2 for a wrong command line (a shard
+count out of range, an --output_dir that is a file or cannot be written), 1 for
+a failed download.
 
     python data/cached_fineweb10B.py        # val + 9 train shards (~2 GB)
     python data/cached_fineweb10B.py 103    # everything
 """
 import argparse
+import importlib.util
 import os
 import shutil
 import sys
@@ -21,6 +25,7 @@ from tqdm import tqdm
 # Run as `python data/cached_fineweb10B.py` from any directory: the repository root goes on sys.path so
 # the tokenizer is always the one module data.tokenizer.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from data.cli import USAGE_ERROR, ArgumentParser  # noqa: E402
 from data.tokenizer import check_shard  # noqa: E402
 
 REPO_ID = "kjj0/fineweb10B-gpt2"
@@ -63,21 +68,28 @@ def download(names, output_dir, fetch=hf_fetch):
 
 def main(argv=None, fetch=hf_fetch):
     here = os.path.dirname(os.path.abspath(__file__))
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("num_train_shards", nargs="?", type=int, default=9,
                         help=f"train shards to fetch, 0..{NUM_TRAIN_SHARDS_ON_HUB} (default 9)")
     parser.add_argument("--output_dir", default=os.path.join(here, "fineweb10B"), help="where the shards go")
     args = parser.parse_args(argv)
     if not 0 <= args.num_train_shards <= NUM_TRAIN_SHARDS_ON_HUB:
         parser.error(f"{REPO_ID} has {NUM_TRAIN_SHARDS_ON_HUB} train shards; asked for {args.num_train_shards}")
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        parser.error(f"--output_dir={args.output_dir} is a file; give a folder")
+    if fetch is hf_fetch and importlib.util.find_spec("huggingface_hub") is None:
+        parser.error("downloading needs the huggingface_hub package: pip install huggingface_hub")
 
     try:
         download(shard_names(args.num_train_shards), args.output_dir, fetch)
     except RuntimeError as error:
-        print(f"error: {error}\n"
-              "Check the network connection (and HF_ENDPOINT for a mirror, HF_TOKEN if you need a token), "
-              f"then rerun: shards already complete in {args.output_dir} are kept.", file=sys.stderr)
+        print(f"error: {error}; check the network connection (and HF_ENDPOINT for a mirror, HF_TOKEN if you need "
+              f"a token), then rerun: shards already complete in {args.output_dir} are kept", file=sys.stderr)
         return 1
+    except OSError as error:  # the output folder, not the download (download() wraps fetch errors)
+        print(f"error: cannot write to --output_dir={args.output_dir}: {error.strerror} ({error.filename})",
+              file=sys.stderr)
+        return USAGE_ERROR
     print(f"{args.num_train_shards + 1} shards ready in {args.output_dir}")
     return 0
 

@@ -1,6 +1,7 @@
 """Errors a user can cause in the data/ scripts: one line, `error: ...` on stderr, no traceback.
 
-Exit status 2: the command line is wrong (an option value, a path, a file type).
+Exit status 2: the program cannot do what was asked: a wrong command line (an option value, a path,
+a file type) or a missing optional package.
 Exit status 1: the data is wrong (an input that cannot be read or used, a bad shard, a failed download).
 """
 import argparse
@@ -11,6 +12,7 @@ DATA_ERROR = 1
 
 
 class UsageError(Exception):
+    """Found before any input is used: nothing was read or written."""
     status = USAGE_ERROR
 
 

@@ -160,7 +160,7 @@ def parquet_documents(path, text_column, bad_documents):
         import pyarrow  # only needed for parquet input
         import pyarrow.parquet as pq
     except ImportError as error:
-        raise DataError(f"reading {path} needs pyarrow: pip install pyarrow") from error
+        raise UsageError(f"reading {path} needs pyarrow: pip install pyarrow") from error
     with open_input(path) as f:
         try:
             parquet = pq.ParquetFile(f)

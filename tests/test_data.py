@@ -401,6 +401,20 @@ def test_check_shards_exit_codes(tmp_path):
 SCRIPTS = ["fineweb.py", "check_shards.py", "cached_fineweb10B.py"]
 
 
+@pytest.mark.parametrize("args, fragment", [
+    (["nothing_here"], "nothing_here does not exist"),
+    (["empty_folder"], "no .bin shards in empty_folder"),
+    (["empty_folder", "--decode", "-1"], "--decode=-1: must be 0 or more"),
+    (["empty_folder", "--decode", "many"], "invalid int value: 'many'"),
+    ([os.path.join(DATA_DIR, "sample"), "--bpe_file", "nowhere.tiktoken"], "nowhere.tiktoken"),
+])
+def test_check_shards_command_line_errors_are_one_line(tmp_path, args, fragment):
+    (tmp_path / "empty_folder").mkdir()
+    result = run_script("check_shards.py", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and fragment in result.stderr
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_scripts_have_help_from_any_directory(script, tmp_path):
     result = run_script(script, "--help", cwd=tmp_path)

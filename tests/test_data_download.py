@@ -99,8 +99,26 @@ def test_main_failure_says_what_to_do(tmp_path, hub_dir, capsys):
     out = tmp_path / "out"
     status = main(["2", "--output_dir", str(out)], fetch=FakeHub(hub_dir, fail_on={NAMES[1]}))
     assert status == 1
-    message = capsys.readouterr().err
+    message = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
+    assert message.startswith("error: ")
     assert NAMES[1] in message and "HF_TOKEN" in message and "rerun" in message
     assert os.listdir(out) == [NAMES[0]]
     assert main(["2", "--output_dir", str(out)], fetch=FakeHub(hub_dir)) == 0
     assert sorted(os.listdir(out)) == sorted(NAMES[:3])
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["104"], "has 103 train shards; asked for 104"),
+    (["-1"], "asked for -1"),
+    (["nine"], "invalid int value: 'nine'"),
+    (["1", "--output_dir", "{file}"], "is a file"),
+])
+def test_main_command_line_errors_are_one_line(tmp_path, hub_dir, capsys, args, fragment):
+    (tmp_path / "a_file").write_bytes(b"")
+    hub = FakeHub(hub_dir)
+    with pytest.raises(SystemExit) as error:
+        main([arg.format(file=tmp_path / "a_file") for arg in args], fetch=hub)
+    assert error.value.code == 2
+    message = capsys.readouterr().err
+    assert message.startswith("error: ") and message.count("\n") == 1 and fragment in message
+    assert hub.calls == []
