@@ -283,7 +283,8 @@ BAD_INPUTS = {
                                         ["docs.jsonl line 2", "'text' field is a number, expected a string"], 1),
     "parquet unreadable": BadInput({"rows.parquet": b"not parquet at all"}, ["rows.parquet"],
                                    ["rows.parquet", "not a readable parquet file" if HAVE_PYARROW
-                                    else "needs pyarrow: pip install pyarrow"], 1),
+                                    else "needs pyarrow: pip install pyarrow"],
+                                   1 if HAVE_PYARROW else 2),  # a missing package is status 2
     "unreadable file": BadInput({"secret.txt": b"text"}, ["secret.txt"],  # made unreadable below
                                 ["secret.txt", "cannot read it", "Permission denied"], 1),
     "dangling link": BadInput({"gone.txt": None}, ["gone.txt"], ["gone.txt", "cannot read it"], 1),
