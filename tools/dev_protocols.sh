@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The two benchmark protocols of SPEC section 8 on the offline dev corpus, on one GPU:
+# The two benchmark protocols of DESIGN.md section 8 on the offline dev corpus, on one GPU:
 # the speed protocol once and the quality protocol twice, then a comparison table.
 #
 #   tools/dev_protocols.sh DATA_DIR [--name=value ...]
