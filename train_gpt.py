@@ -1,14 +1,15 @@
 """NanoGPT speedrun trainer: a GPT-2-small-sized model trained on FineWeb to 3.28 validation loss.
 
 One file, read top to bottom: Muon, the model's modules, the GPT, the data loader, the hyperparameters,
-setup, and the training loop. The design is the public speedrun's as of January 2025 (see SPEC.md).
+setup, and the training loop in its phases (setup, evaluate, one training step, finish). The design is the
+public speedrun's as of January 2025; DESIGN.md beside this file explains every part and its figures.
 
     torchrun --standalone --nproc_per_node=8 train_gpt.py             # a record attempt
     torchrun --standalone --nproc_per_node=1 train_gpt.py --num_iterations=100
     python train_gpt.py --help                                        # every hyperparameter
 
 Every field of `Hyperparameters` can be overridden as --name=value. On a machine without CUDA the same
-script trains on the CPU (gloo, SDPA attention with a dense mask, no compilation unless asked).
+script trains on the CPU (gloo, SDPA attention with a dense mask, float32 activations, no compilation).
 """
 
 import os
@@ -17,19 +18,24 @@ import os
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 import dataclasses
+import difflib
+import functools
 import glob
-import itertools
 import json
 import math
+import re
 import resource
+import signal
 import socket
 import subprocess
 import sys
 import time
+import traceback
 import uuid
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +49,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 EOT_TOKEN = 50256  # GPT-2's <|endoftext|>; it starts every document
 ATTENTION_BLOCK = 128  # FlexAttention's block size; sequence lengths are multiples of it
+
+
+class InputError(ValueError):
+    """Bad input that the user can fix: the message names the file or the value, and the remedy."""
+
 
 # -----------------------------------------------------------------------------
 # Muon: momentum orthogonalized by Newton-Schulz (Keller Jordan's optimizer for hidden matrices)
@@ -101,6 +112,12 @@ class Muon(torch.optim.Optimizer):
         update = grad.lerp_(buffer, momentum) if group["nesterov"] else buffer
         return self.orthogonalize(update, group["ns_steps"]).flatten()
 
+    def owned_parameters(self):
+        """(parameter, rank that owns its momentum) for every parameter, in the order step() walks them."""
+        for group in self.param_groups:
+            for index, param in enumerate(group["params"]):
+                yield param, index % self.world_size
+
     @torch.no_grad()
     def step(self):
         for group, gathered in zip(self.param_groups, self.gather_buffers):
@@ -116,8 +133,8 @@ class Muon(torch.optim.Optimizer):
             for start in range(0, len(params), self.world_size):
                 chunk = params[start:start + self.world_size]
                 # A rank without a parameter in the last chunk sends its own row back unchanged.
-                mine = self._orthogonalized_momentum(chunk[self.rank], group) if self.rank < len(chunk) \
-                    else rows[self.rank]
+                mine = (self._orthogonalized_momentum(chunk[self.rank], group) if self.rank < len(chunk)
+                        else rows[self.rank])
                 if in_flight is not None:  # the previous chunk's updates are read before the buffer is reused
                     apply_updates(*in_flight)
                 in_flight = (all_gather_flat(gathered, mine, async_op=True), chunk)
@@ -273,13 +290,16 @@ class GPT(nn.Module):
     """U-Net-shaped GPT: the first half's outputs are added back, weighted, into the second half in reverse.
 
     Three value-embedding tables feed v in the first three and the last three layers ("012 ... 012").
+    Activations run in activation_dtype (bfloat16 on the GPU); the cross-entropy is always float32.
     """
 
     def __init__(self, vocab_size: int, num_layers: int, model_dim: int, num_heads: int, num_kv_heads: int,
                  mlp_dim: int, max_seq_len: int, logit_softcap: float, attention_free_layers: tuple[int, ...],
-                 num_value_embeddings: int = 3, use_flex_attention: bool = True):
+                 num_value_embeddings: int = 3, use_flex_attention: bool = True,
+                 activation_dtype: torch.dtype = torch.bfloat16):
         super().__init__()
         self.num_layers, self.logit_softcap, self.use_flex_attention = num_layers, logit_softcap, use_flex_attention
+        self.activation_dtype = activation_dtype
         self.num_encoder_layers = num_layers // 2
         kv_dim = num_kv_heads * (model_dim // num_heads)
         self.embed = nn.Embedding(vocab_size, model_dim)
@@ -297,18 +317,18 @@ class GPT(nn.Module):
         documents = (inputs == EOT_TOKEN).cumsum(0)
         mask = (sliding_window_block_mask if self.use_flex_attention else dense_sliding_window_mask)(
             documents, window_blocks)
-        x = x0 = norm(self.embed(inputs)[None].bfloat16())
-        tables = [table(inputs).bfloat16() for table in self.value_embeds]
+        x = x0 = norm(self.embed(inputs)[None].to(self.activation_dtype))
+        tables = [table(inputs).to(self.activation_dtype) for table in self.value_embeds]
         value_embeddings = tables + [None] * (self.num_layers - 2 * len(tables)) + tables
         skips = []
         for i, block in enumerate(self.blocks):
-            if i >= self.num_encoder_layers:  # decoder layer 6 + j takes encoder layer 5 - j's output
+            if i >= self.num_encoder_layers:  # the decoder takes the encoder's outputs in reverse order
                 x = x + self.skip_weights[i - self.num_encoder_layers] * skips.pop()
             x = block(x, x0, value_embeddings[i], mask)
             if i < self.num_encoder_layers:
                 skips.append(x)
         logits = self.lm_head(norm(x))
-        logits = self.logit_softcap * torch.tanh(logits / self.logit_softcap)  # soft cap, in bf16
+        logits = self.logit_softcap * torch.tanh(logits / self.logit_softcap)  # soft cap, in activation_dtype
         logits = logits.float()  # the cross-entropy in fp32
         if targets is None:
             return logits[0]
@@ -319,119 +339,202 @@ class GPT(nn.Module):
 # Data loader: shards of GPT-2 tokens (header of 256 int32, then uint16 tokens)
 
 SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_BYTES = 20240520, 1, 256 * 4
+IGNORED_TARGET = -100  # F.cross_entropy's default ignore_index
 
 
 def read_shard_header(path: str) -> int:
     """Checks a shard's header and size against each other; returns its number of tokens."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: not a regular file; shard patterns must match only token shards")
     size = os.path.getsize(path)
     if size < SHARD_HEADER_BYTES:
-        raise ValueError(f"{path}: {size} bytes, shorter than the {SHARD_HEADER_BYTES}-byte shard header")
+        raise InputError(f"{path}: {size} bytes, shorter than the {SHARD_HEADER_BYTES}-byte shard header")
     header = np.fromfile(path, dtype="<i4", count=256)
     if header[0] != SHARD_MAGIC:
-        raise ValueError(f"{path}: magic number {header[0]}, expected {SHARD_MAGIC}: not a token shard")
+        raise InputError(f"{path}: magic number {header[0]}, expected {SHARD_MAGIC}: not a token shard")
     if header[1] != SHARD_VERSION:
-        raise ValueError(f"{path}: shard version {header[1]}, this loader reads version {SHARD_VERSION}")
+        raise InputError(f"{path}: shard version {header[1]}, this loader reads version {SHARD_VERSION}")
     num_tokens = int(header[2])
     expected_size = SHARD_HEADER_BYTES + 2 * num_tokens
     if size != expected_size:
-        raise ValueError(f"{path}: header says {num_tokens} tokens ({expected_size} bytes) but the file has "
+        raise InputError(f"{path}: header says {num_tokens} tokens ({expected_size} bytes) but the file has "
                          f"{size} bytes: truncated or corrupt, download it again")
     return num_tokens
 
 
-def load_shard(path: str) -> torch.Tensor:
-    """The whole shard's tokens, in pinned memory when CUDA is there (so copies to the GPU are asynchronous)."""
+def load_shard(path: str, vocab_size: int | None = None, pin_memory: bool = False) -> torch.Tensor:
+    """The whole shard's tokens (pinned for asynchronous copies to the GPU). With vocab_size, every token id
+    is checked first: an id outside the embedding would otherwise crash the run (a device-side assert)."""
     num_tokens = read_shard_header(path)
-    tokens = torch.empty(num_tokens, dtype=torch.uint16, pin_memory=torch.cuda.is_available())
+    tokens = torch.empty(num_tokens, dtype=torch.uint16, pin_memory=pin_memory)
     with open(path, "rb", buffering=0) as f:
         f.seek(SHARD_HEADER_BYTES)
         assert f.readinto(tokens.numpy()) == 2 * num_tokens, f"{path}: short read"
+    token_ids = tokens.numpy()
+    if vocab_size is not None and num_tokens and token_ids.max() >= vocab_size:  # one vectorised max per shard
+        position = int(np.argmax(token_ids >= vocab_size))
+        raise InputError(f"{path}: token id {token_ids[position]} at position {position} is outside the vocabulary "
+                         f"(vocab_size={vocab_size}): the shard is corrupt or from another tokenizer")
     return tokens
 
 
-IGNORED_TARGET = -100  # F.cross_entropy's default ignore_index
+def batch_count(num_tokens: int, batch_tokens: int, last_target_optional: bool = False) -> int:
+    """Whole batches of batch_tokens a shard of num_tokens holds. Training needs one token more than a batch (the
+    last target); validation may end exactly at the shard's end, with that last target ignored."""
+    return (num_tokens if last_target_optional else max(num_tokens - 1, 0)) // batch_tokens
 
 
-def micro_batches_in_shard(num_tokens: int, global_micro_batch: int) -> int:
-    return num_tokens // global_micro_batch
+def micro_batches(tokens: torch.Tensor, start: int, num_tokens: int, sequence_length: int, device) -> list:
+    """(inputs, targets) on the device for each sequence_length piece of tokens[start:start + num_tokens]."""
+    pieces = []
+    for offset in range(start, start + num_tokens, sequence_length):
+        window = tokens[offset:offset + sequence_length + 1]
+        inputs = window[:sequence_length].to(device=device, dtype=torch.int32, non_blocking=True)
+        targets = window[1:].to(device=device, dtype=torch.int64, non_blocking=True)
+        if len(targets) < sequence_length:  # the window ends at the shard's end: no next token to predict
+            targets = F.pad(targets, (0, 1), value=IGNORED_TARGET)
+        pieces.append((inputs, targets))
+    return pieces
 
 
-def distributed_batches(files: list[str], sequence_length: int, rank: int, world_size: int, device):
-    """Yields this rank's (inputs, targets) of each micro-batch: rank r takes the r-th sequence_length
-    slice of every world_size * sequence_length window, shard after shard. Tokens left at a shard's end
-    (less than a whole window) are skipped. Where a window ends exactly at the shard's end, its last token
-    has no next token to predict: that target is ignored, so a 2,097,152-token validation shard gives
-    2,097,152 tokens of validation."""
-    global_micro_batch = world_size * sequence_length
+def training_batches(files: list[str], batch_size: int, sequence_length: int, rank: int, world_size: int,
+                     device: torch.device, vocab_size: int, first_step: int = 0):
+    """Yields, step after step, this rank's micro-batches of the step's global batch.
+
+    A step's batch_size + 1 tokens are contiguous in one shard; where fewer remain, the rest of the shard is
+    skipped (as the record does). Rank r takes the r-th of world_size equal contiguous slices and cuts it into
+    micro-batches of sequence_length tokens, so every step trains on the same tokens on 1, 2, 4 or 8 GPUs.
+    The first first_step batches are skipped without reading their shards (resuming a run)."""
+    rank_tokens = batch_size // world_size
+    batches_to_skip = first_step
     for path in files:
-        tokens = load_shard(path)
-        for start in range(0, micro_batches_in_shard(len(tokens), global_micro_batch) * global_micro_batch,
-                           global_micro_batch):
-            local = tokens[start + rank * sequence_length:][:sequence_length + 1]
-            inputs = local[:sequence_length].to(device=device, dtype=torch.int32, non_blocking=True)
-            targets = local[1:].to(device=device, dtype=torch.int64, non_blocking=True)
-            if len(targets) < sequence_length:
-                targets = F.pad(targets, (0, 1), value=IGNORED_TARGET)
-            yield inputs, targets
+        count = batch_count(read_shard_header(path), batch_size)
+        if batches_to_skip >= count:
+            batches_to_skip -= count
+            continue
+        tokens = load_shard(path, vocab_size, pin_memory=device.type == "cuda")
+        for start in range(batches_to_skip * batch_size, count * batch_size, batch_size):
+            yield micro_batches(tokens, start + rank * rank_tokens, rank_tokens, sequence_length, device)
+        batches_to_skip = 0
+
+
+def validation_batches(files: list[str], val_tokens: int, sequence_length: int, rank: int, world_size: int,
+                       device: torch.device, vocab_size: int) -> list:
+    """This rank's micro-batches of the first val_tokens validation tokens, loaded onto the device once.
+    Each global micro-batch is world_size * sequence_length contiguous tokens, rank r's the r-th piece."""
+    global_micro_batch = world_size * sequence_length
+    needed = val_tokens // global_micro_batch
+    batches = []
+    for path in files:
+        count = min(batch_count(read_shard_header(path), global_micro_batch, last_target_optional=True),
+                    needed - len(batches))
+        tokens = load_shard(path, vocab_size)
+        for start in range(0, count * global_micro_batch, global_micro_batch):
+            batches += micro_batches(tokens, start + rank * sequence_length, sequence_length, sequence_length, device)
+        if len(batches) == needed:
+            return batches
+    raise AssertionError("check_run_inputs let through too few validation tokens")
 
 
 def shard_files(pattern: str, role: str) -> list[str]:
     files = sorted(glob.glob(pattern))
     if not files:
-        raise ValueError(f"no {role} shard matches {pattern!r}; get FineWeb with `python data/cached_fineweb10B.py 9` "
-                         f"or point --{role}_files at your own shards")
+        where = "" if os.path.isabs(pattern) else f" (relative to the working directory {os.getcwd()})"
+        raise InputError(f"no {role} shard matches {pattern!r}{where}; get FineWeb with "
+                         f"`python data/cached_fineweb10B.py 9` or point --{role}_files at your own shards")
     return files
 
 
 # -----------------------------------------------------------------------------
 # Hyperparameters: edit the defaults inline for a record attempt, or override any as --name=value
 
+# The range a field must lie in: (test, what is expected). NaN fails every test.
+RANGES = {
+    "positive": (lambda value: math.isfinite(value) and value > 0, "a finite number above 0"),
+    "non_negative": (lambda value: math.isfinite(value) and value >= 0, "a finite number, 0 or more"),
+    "fraction": (lambda value: 0 <= value <= 1, "a fraction between 0 and 1"),
+}
 
-@dataclass
+
+def setting(default, meaning: str, valid: str | None = None):
+    """A Hyperparameters field: its default, its meaning (--help prints it) and its range (a RANGES key)."""
+    return field(default=default, metadata=dict(meaning=meaning, valid=valid))
+
+
+@dataclass(frozen=True)
 class Hyperparameters:
     # data
-    train_files: str = "data/fineweb10B/fineweb_train_*.bin"
-    val_files: str = "data/fineweb10B/fineweb_val_*.bin"
-    val_tokens: int = 10485760  # validation tokens, split among the ranks
-    # batch: each rank runs batch_size / (world_size * sequence_length) micro-batches of sequence_length tokens
-    batch_size: int = 8 * 64 * 1024  # tokens per optimizer step, all ranks together
-    sequence_length: int = 64 * 1024  # tokens per micro-batch and rank; a multiple of 128
-    # schedule (every part scales with num_iterations)
-    num_iterations: int = 1390
-    cooldown_frac: float = 0.4  # the last 40% of steps decay the learning rates linearly to zero
-    momentum_warmup_frac: float = 300 / 1390  # Muon momentum 0.85 -> 0.95 over the first 300 of 1390 steps
-    window_blocks_start: int = 1  # attention window in 128-token blocks, grown linearly over the run
-    window_blocks_end: int = 14
+    train_files: str = setting("data/fineweb10B/fineweb_train_*.bin", "training shards, a glob")
+    val_files: str = setting("data/fineweb10B/fineweb_val_*.bin", "validation shards, a glob")
+    val_tokens: int = setting(10485760, "validation tokens, from the start of the validation shards", "positive")
+    # batch
+    batch_size: int = setting(8 * 64 * 1024, "tokens per optimizer step, all ranks together", "positive")
+    sequence_length: int = setting(64 * 1024, "tokens per micro-batch and rank, a multiple of 128; each rank "
+                                   "accumulates batch_size / (ranks x sequence_length) micro-batches", "positive")
+    # schedule
+    num_iterations: int = setting(1390, "optimizer steps", "positive")
+    cooldown_frac: float = setting(0.4, "final fraction of the steps over which the learning rates decay linearly "
+                                   "to zero", "fraction")
+    momentum_warmup_steps: int = setting(300, "steps over which Muon's momentum rises from muon_momentum_start to "
+                                         "muon_momentum, whatever num_iterations is", "non_negative")
+    window_start_tokens: int = setting(128, "attention window at step 0, in tokens; grows linearly and is floored "
+                                       "to whole 128-token blocks", "positive")
+    window_end_tokens: int = setting(1856, "attention window the growth reaches at the last step (1856: 14 blocks, "
+                                     "only at the very end)", "positive")
     # model
-    vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 128
-    num_layers: int = 12
-    model_dim: int = 768
-    num_heads: int = 6
-    num_kv_heads: int = 6  # fewer than num_heads for grouped-query attention
-    mlp_dim: int = 4 * 768
-    attention_free_layers: str = "7"  # comma-separated indices of MLP-only blocks
-    logit_softcap: float = 15.0
-    bf16_embeddings: bool = True
+    vocab_size: int = setting(50304, "embedding rows: GPT-2's 50257 tokens padded to a multiple of 128", "positive")
+    num_layers: int = setting(12, "transformer blocks; even, at least 6 (U-Net halves, value embeddings at both "
+                              "ends)", "positive")
+    model_dim: int = setting(768, "width of the residual stream", "positive")
+    num_heads: int = setting(6, "attention heads; head dim = model_dim / num_heads, a multiple of 4", "positive")
+    num_kv_heads: int = setting(6, "key/value heads; fewer than num_heads for grouped-query attention", "positive")
+    mlp_dim: int = setting(4 * 768, "hidden width of the MLPs", "positive")
+    attention_free_layers: str = setting("7", "comma-separated indices of MLP-only blocks")
+    logit_softcap: float = setting(15.0, "logits become cap * tanh(logits / cap)", "positive")
+    bf16_embeddings: bool = setting(True, "store the embedding tables in bfloat16")
+    compute_dtype: str = setting("auto", "activations' dtype: auto (bfloat16 on a GPU; float32 on a CPU, where "
+                                 "bf16 products without bf16 units are ~10x slower), bfloat16 or float32")
     # optimizers
-    muon_lr: float = 0.05
-    muon_momentum: float = 0.95
-    muon_momentum_start: float = 0.85
-    newton_schulz_steps: int = 5
-    embed_lr: float = 0.6
-    head_lr: float = 0.008
-    scalar_lr: float = 0.04
-    # evaluation, logging, output
-    val_loss_every: int = 125  # also at the last step; 0: only there
-    timing_warmup_steps: int = 10  # the clock restarts after these steps (compilation, warm-up)
-    run_id: str = ""  # empty: a fresh uuid; logs/<run_id>.txt is never overwritten
-    save_checkpoint: bool = False
-    sample_at_end: bool = False  # continue sample_prompts with the trained model, into console and log
-    sample_prompts: str = "The meaning of life is|Once upon a time|The capital of France is"
-    sample_tokens: int = 32
+    muon_lr: float = setting(0.05, "Muon's learning rate (hidden matrices)", "non_negative")
+    muon_momentum: float = setting(0.95, "Muon's momentum after the warm-up", "fraction")
+    muon_momentum_start: float = setting(0.85, "Muon's momentum at step 0", "fraction")
+    newton_schulz_steps: int = setting(5, "Newton-Schulz iterations per Muon update", "positive")
+    embed_lr: float = setting(0.6, "Adam's learning rate for the token and value embeddings", "non_negative")
+    head_lr: float = setting(0.008, "Adam's learning rate for the LM head", "non_negative")
+    scalar_lr: float = setting(0.04, "Adam's learning rate for the scalars and vectors", "non_negative")
+    adam_eps: float = setting(1e-8, "Adam's epsilon (PyTorch's default, as the record)", "positive")
+    # evaluation, logging, checkpoints
+    val_loss_every: int = setting(125, "validate every this many steps, and at the last; 0: only at the last",
+                                  "non_negative")
+    timing_warmup_steps: int = setting(10, "steps run before the clock starts (compilation, warm-up)", "non_negative")
+    run_id: str = setting("", "the run's name: logs/<run_id>.txt, checkpoints in logs/<run_id>/; empty: a uuid")
+    save_checkpoint: bool = setting(False, "write a checkpoint after the last step")
+    checkpoint_every: int = setting(0, "write a checkpoint every this many steps; 0: never (record attempts)",
+                                    "non_negative")
+    keep_checkpoints: int = setting(2, "how many of the run's newest checkpoints to keep", "positive")
+    resume: str = setting("", "continue from a checkpoint file, or a run's folder (its newest complete checkpoint)")
+    force_resume: bool = setting(False, "resume even where hyperparameters that change the math differ")
+    sample_at_end: bool = setting(False, "continue sample_prompts with the trained model, into console and log")
+    sample_prompts: str = setting("The meaning of life is|Once upon a time|The capital of France is",
+                                  "prompts for sample_at_end, separated by |")
+    sample_tokens: int = setting(32, "tokens sampled per prompt", "positive")
     # system
-    compile: str = "auto"  # auto: torch.compile on CUDA, eager on CPU; or true / false
-    coordinate_descent_tuning: bool = False  # a few seconds of training for many minutes of compilation
-    seed: int = 0
+    compile: str = setting("auto", "torch.compile the model and Newton-Schulz: auto (on GPU), true or false")
+    coordinate_descent_tuning: bool = setting(False, "Inductor's tuning: a few seconds of training for many "
+                                              "minutes of compilation")
+    peak_tflops: float = setting(0.0, "the card's dense bf16 peak for MFU, TFLOP/s; 0: from PEAK_TFLOPS by card "
+                                 "name", "non_negative")
+    collective_timeout_s: int = setting(300, "seconds a collective waits for a dead or stuck rank before the run "
+                                        "stops with an error", "positive")
+    seed: int = setting(0, "seed of the initial weights and of the samples", "non_negative")
+
+
+# Fields that leave the trained weights unchanged: a resumed run may change them, and repeated runs of one
+# configuration differ in them (records/compare.py groups runs the same way).
+BOOKKEEPING_FIELDS = ("val_loss_every", "timing_warmup_steps", "run_id", "save_checkpoint", "checkpoint_every",
+                      "keep_checkpoints", "resume", "force_resume", "sample_at_end", "sample_prompts",
+                      "sample_tokens", "compile", "coordinate_descent_tuning", "peak_tflops",
+                      "collective_timeout_s", "train_files", "val_files")
 
 
 def parse_hyperparameters(argv: list[str]) -> Hyperparameters:
@@ -439,8 +542,9 @@ def parse_hyperparameters(argv: list[str]) -> Hyperparameters:
     defaults = Hyperparameters()
     if any(arg in ("-h", "--help") for arg in argv):
         print(__doc__)
-        for field in dataclasses.fields(defaults):
-            print(f"  --{field.name}={getattr(defaults, field.name)!r}")
+        for setting_field in dataclasses.fields(defaults):
+            print(f"  --{setting_field.name}={getattr(defaults, setting_field.name)!r}\n"
+                  f"      {setting_field.metadata['meaning']}")
         sys.exit(0)
     overrides = {}
     for arg in argv:
@@ -462,65 +566,83 @@ def parse_hyperparameters(argv: list[str]) -> Hyperparameters:
     return dataclasses.replace(defaults, **overrides)
 
 
-def check_run_inputs(args: Hyperparameters, world_size: int) -> tuple[list[str], list[str]]:
-    """Every check that can fail on bad input, before any GPU time is spent; returns (train, val) files."""
-    if args.sequence_length % ATTENTION_BLOCK:
-        raise ValueError(f"sequence_length={args.sequence_length} is not a multiple of {ATTENTION_BLOCK}, "
-                         "the attention block size")
-    if args.batch_size % world_size:
-        raise ValueError(f"batch_size={args.batch_size} does not divide among {world_size} ranks")
-    global_micro_batch = world_size * args.sequence_length
-    if args.batch_size % global_micro_batch:
-        raise ValueError(f"batch_size={args.batch_size} is not a whole number of micro-batches of "
-                         f"{world_size} ranks x sequence_length={args.sequence_length} tokens")
-    if args.val_tokens <= 0 or args.val_tokens % global_micro_batch:
-        raise ValueError(f"val_tokens={args.val_tokens} is not a positive multiple of {global_micro_batch} "
-                         f"({world_size} ranks x sequence_length={args.sequence_length})")
-    if args.model_dim % args.num_heads or args.num_heads % args.num_kv_heads or (args.model_dim // args.num_heads) % 4:
-        raise ValueError(f"model_dim={args.model_dim}, num_heads={args.num_heads}, num_kv_heads={args.num_kv_heads}: "
-                         "heads must divide model_dim into a head dim divisible by 4, kv heads must divide heads")
-    if args.num_layers % 2 or args.num_layers < 6:
-        raise ValueError(f"num_layers={args.num_layers}: the U-Net and the value embeddings need an even number >= 6")
-    try:
-        layer_indices = attention_free_layers(args)
-    except ValueError:
-        raise ValueError(f"attention_free_layers={args.attention_free_layers!r}: expected comma-separated "
-                         "layer indices, e.g. \"7\"") from None
-    for index in layer_indices:
-        if not 0 <= index < args.num_layers:
-            raise ValueError(f"attention_free_layers={args.attention_free_layers!r}: no layer {index}")
-    if args.num_iterations < 1 or not 0 <= args.cooldown_frac <= 1:
-        raise ValueError(f"num_iterations={args.num_iterations}, cooldown_frac={args.cooldown_frac}: "
-                         "expected at least 1 step and a fraction between 0 and 1")
-    if args.compile not in ("auto", "true", "false"):
-        raise ValueError(f"compile={args.compile!r}: expected auto, true or false")
-    if args.vocab_size <= EOT_TOKEN:
-        raise ValueError(f"vocab_size={args.vocab_size} must exceed the GPT-2 EOT token id {EOT_TOKEN}")
-
-    def check_enough_tokens(files, micro_batches_needed, role):
-        micro_batches = sum(micro_batches_in_shard(read_shard_header(f), global_micro_batch) for f in files)
-        if micro_batches < micro_batches_needed:
-            tokens_needed = micro_batches_needed * global_micro_batch
-            shard_tokens = sum(read_shard_header(f) for f in files) / len(files)
-            shards_needed = math.ceil(tokens_needed / shard_tokens * 1.01)  # ends of shards are skipped
-            remedy = (f"about {shards_needed} shards are needed (FineWeb: python data/cached_fineweb10B.py "
-                      f"{shards_needed})" if role == "train" else "lower val_tokens or use a larger validation set")
-            raise ValueError(f"{role} needs {tokens_needed:,} tokens ({micro_batches_needed} micro-batches of "
-                             f"{global_micro_batch:,}) but the {len(files)} shard(s) matching "
-                             f"{getattr(args, role + '_files')!r} hold {micro_batches} micro-batches; {remedy}")
-
-    train_files, val_files = shard_files(args.train_files, "train"), shard_files(args.val_files, "val")
-    check_enough_tokens(train_files, args.num_iterations * args.batch_size // global_micro_batch, "train")
-    check_enough_tokens(val_files, args.val_tokens // global_micro_batch, "val")
-    return train_files, val_files
-
-
 def attention_free_layers(args: Hyperparameters) -> tuple[int, ...]:
     return tuple(int(index) for index in args.attention_free_layers.split(",") if index.strip())
 
 
+def check_hyperparameters(args: Hyperparameters, world_size: int):
+    """Each value in its range and the values consistent with each other; raises InputError naming the field."""
+    for setting_field in dataclasses.fields(args):
+        value, valid = getattr(args, setting_field.name), setting_field.metadata["valid"]
+        if valid is not None and not RANGES[valid][0](value):
+            raise InputError(f"{setting_field.name}={value!r}: expected {RANGES[valid][1]}")
+    if args.sequence_length % ATTENTION_BLOCK:
+        raise InputError(f"sequence_length={args.sequence_length} is not a multiple of {ATTENTION_BLOCK}, "
+                         "the attention block size")
+    global_micro_batch = world_size * args.sequence_length
+    if args.batch_size % global_micro_batch:
+        raise InputError(f"batch_size={args.batch_size} is not a whole number of micro-batches of {world_size} "
+                         f"ranks x sequence_length={args.sequence_length} tokens; use a multiple of "
+                         f"{global_micro_batch}")
+    if args.val_tokens % global_micro_batch:
+        raise InputError(f"val_tokens={args.val_tokens} is not a multiple of {global_micro_batch} "
+                         f"({world_size} ranks x sequence_length={args.sequence_length})")
+    if args.model_dim % args.num_heads or args.num_heads % args.num_kv_heads or (args.model_dim // args.num_heads) % 4:
+        raise InputError(f"model_dim={args.model_dim}, num_heads={args.num_heads}, num_kv_heads={args.num_kv_heads}: "
+                         "heads must divide model_dim into a head dim divisible by 4, kv heads must divide heads")
+    if args.num_layers % 2 or args.num_layers < 6:
+        raise InputError(f"num_layers={args.num_layers}: the U-Net and the value embeddings need an even number >= 6")
+    try:
+        layer_indices = attention_free_layers(args)
+    except ValueError:
+        raise InputError(f"attention_free_layers={args.attention_free_layers!r}: expected comma-separated "
+                         "layer indices, e.g. \"7\"") from None
+    for index in layer_indices:
+        if not 0 <= index < args.num_layers:
+            raise InputError(f"attention_free_layers={args.attention_free_layers!r}: no layer {index}")
+    for name in ("window_start_tokens", "window_end_tokens"):
+        if getattr(args, name) < ATTENTION_BLOCK:
+            raise InputError(f"{name}={getattr(args, name)}: a window needs at least one {ATTENTION_BLOCK}-token block")
+    for name, choices in (("compile", ("auto", "true", "false")), ("compute_dtype", ("auto", "bfloat16", "float32"))):
+        if getattr(args, name) not in choices:
+            raise InputError(f"{name}={getattr(args, name)!r}: expected one of {', '.join(choices)}")
+    if args.vocab_size <= EOT_TOKEN:
+        raise InputError(f"vocab_size={args.vocab_size} must exceed the GPT-2 EOT token id {EOT_TOKEN}")
+    if args.vocab_size > 65536:
+        raise InputError(f"vocab_size={args.vocab_size}: shards hold uint16 token ids, so at most 65536")
+    if args.sample_at_end and not args.sample_prompts.strip():
+        raise InputError("sample_at_end=true with no sample_prompts")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.run_id or "x"):
+        raise InputError(f"run_id={args.run_id!r}: use letters, digits, '.', '_' and '-' (it names files in logs/)")
+
+
+def check_run_inputs(args: Hyperparameters, world_size: int) -> tuple[list[str], list[str]]:
+    """Every check that can fail on bad input, before any GPU time is spent; returns (train, val) files."""
+    check_hyperparameters(args, world_size)
+    train_files, val_files = shard_files(args.train_files, "train"), shard_files(args.val_files, "val")
+    train_tokens = [read_shard_header(path) for path in train_files]
+    steps_available = sum(batch_count(tokens, args.batch_size) for tokens in train_tokens)
+    if steps_available < args.num_iterations:
+        batches_per_shard = max(sum(batch_count(tokens, args.batch_size) for tokens in train_tokens) / len(train_files),
+                                1e-9)
+        shards_needed = math.ceil(args.num_iterations / batches_per_shard)
+        raise InputError(f"train needs {args.num_iterations} steps of {args.batch_size:,} tokens (each step's batch "
+                         f"from one shard) but the {len(train_files)} shard(s) matching {args.train_files!r} hold "
+                         f"{steps_available}; about {shards_needed} such shards are needed (FineWeb: "
+                         f"python data/cached_fineweb10B.py {shards_needed})")
+    global_micro_batch = world_size * args.sequence_length
+    val_micro_batches = sum(batch_count(read_shard_header(path), global_micro_batch, last_target_optional=True)
+                            for path in val_files)
+    if val_micro_batches < args.val_tokens // global_micro_batch:
+        raise InputError(f"val needs {args.val_tokens:,} tokens ({args.val_tokens // global_micro_batch} micro-batches"
+                         f" of {global_micro_batch:,}) but the {len(val_files)} shard(s) matching "
+                         f"{args.val_files!r} hold {val_micro_batches} micro-batches; lower val_tokens or use a "
+                         "larger validation set")
+    return train_files, val_files
+
+
 # -----------------------------------------------------------------------------
-# Schedules, as functions of the step
+# Schedules, as functions of the step (the record's formulas)
 
 
 def learning_rate_multiplier(step: int, args: Hyperparameters) -> float:
@@ -530,13 +652,16 @@ def learning_rate_multiplier(step: int, args: Hyperparameters) -> float:
 
 
 def window_blocks_at(step: int, args: Hyperparameters) -> int:
+    """The window grows linearly from window_start_tokens to window_end_tokens and is floored to whole blocks
+    (@fernbear.bsky.social's growing window, block-wise by @YouJiacheng): 1 block at step 0 and 14 only at
+    the last steps with the defaults."""
     progress = step / args.num_iterations
-    return int(args.window_blocks_start + (args.window_blocks_end - args.window_blocks_start) * progress + 0.5)
+    return int(((1 - progress) * args.window_start_tokens + progress * args.window_end_tokens) // ATTENTION_BLOCK)
 
 
 def muon_momentum_at(step: int, args: Hyperparameters) -> float:
-    warmup_steps = args.momentum_warmup_frac * args.num_iterations
-    progress = min(step / warmup_steps, 1.0) if warmup_steps > 0 else 1.0
+    """Linear warm-up over a fixed number of steps, whatever num_iterations is (the record hard-codes 300)."""
+    progress = min(step / args.momentum_warmup_steps, 1.0) if args.momentum_warmup_steps > 0 else 1.0
     return (1 - progress) * args.muon_momentum_start + progress * args.muon_momentum
 
 
@@ -560,23 +685,54 @@ def continue_prompt(model: GPT, prompt_tokens: list[int], num_tokens: int, windo
     return tokens[1 + len(prompt_tokens):]
 
 
-def log_samples(model: GPT, args: Hyperparameters, window_blocks: torch.Tensor, print0):
-    try:  # the tokenizer lives beside the data scripts; training itself never needs it
-        sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
-        from tokenizer import gpt2_encoding
+def log_samples(run: "Run", model: GPT, window_blocks: torch.Tensor):
+    try:  # the tokenizer lives in data/ beside this file (on sys.path as the script's directory)
+        from data.tokenizer import gpt2_encoding
         encoding = gpt2_encoding()
     except Exception as error:  # a finished run is not failed for want of a tokenizer
-        print0(f"samples skipped: no GPT-2 tokenizer ({error})", console=True)
+        run.log(f"samples skipped: no GPT-2 tokenizer ({error})", console=True)
         return
-    generator = torch.Generator(device=window_blocks.device).manual_seed(args.seed)
-    for prompt in args.sample_prompts.split("|"):
-        continuation = continue_prompt(model, encoding.encode_ordinary(prompt), args.sample_tokens,
+    generator = torch.Generator(device=window_blocks.device).manual_seed(run.args.seed)
+    for prompt in run.args.sample_prompts.split("|"):
+        continuation = continue_prompt(model, encoding.encode_ordinary(prompt), run.args.sample_tokens,
                                        window_blocks, generator)
-        print0("sample: " + json.dumps(prompt + encoding.decode(continuation), ensure_ascii=False), console=True)
+        run.log("sample: " + json.dumps(prompt + encoding.decode(continuation), ensure_ascii=False), console=True)
 
 
 # -----------------------------------------------------------------------------
-# Setup: distributed, device, logging
+# Setup: distributed, the run's record, its log
+
+
+@dataclass(frozen=True)
+class Run:
+    """One process's view of the run, fixed at setup: who it is, what it reads, where it writes."""
+    args: Hyperparameters
+    rank: int
+    world_size: int
+    device: torch.device
+    train_files: tuple[str, ...]
+    val_files: tuple[str, ...]
+    micro_batches_per_step: int  # on each rank
+    run_id: str
+    log_path: Path
+    logfile: object  # rank 0's open log; None on the other ranks
+    code: str  # this file's source, logged first and saved with checkpoints
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.log_path.parent / self.run_id
+
+    def log(self, text: str, console: bool = False):
+        """Rank 0 writes a line to the log (flushed, so a crash loses nothing) and, if asked, to the console."""
+        if self.rank == 0:
+            if console:
+                print(text, flush=True)
+            self.logfile.write(text + "\n")
+            self.logfile.flush()
 
 
 def free_port() -> int:
@@ -585,7 +741,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def setup_distributed() -> tuple[int, int, torch.device]:
+def distributed_environment() -> tuple[int, int, torch.device]:
     """Rank, world size and device. A plain `python train_gpt.py` becomes a one-rank group, so the code
     path is the same as under torchrun (also multi-node: device from LOCAL_RANK, data slice from RANK)."""
     if "RANK" not in os.environ:
@@ -600,6 +756,25 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world_size, device
 
 
+LOGS = Path("logs")
+
+
+def check_run_outputs(args: Hyperparameters):
+    """The log folder is writable, and a named run has neither a log nor checkpoints yet (nothing is overwritten)."""
+    try:
+        LOGS.mkdir(exist_ok=True)
+        with open(LOGS / f".write-test-{os.getpid()}", "w"):
+            pass
+        os.remove(LOGS / f".write-test-{os.getpid()}")
+    except OSError as error:
+        raise InputError(f"cannot write logs into {LOGS.resolve()}: {error.strerror or error}") from None
+    if args.run_id:
+        if (LOGS / f"{args.run_id}.txt").exists():
+            raise InputError(f"{LOGS / args.run_id}.txt exists; logs are never overwritten, choose another --run_id")
+        if list((LOGS / args.run_id).glob("step_*.pt")):
+            raise InputError(f"{LOGS / args.run_id}/ already holds checkpoints; choose another --run_id")
+
+
 def environment_report(device: torch.device, world_size: int) -> str:
     try:
         smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
@@ -611,16 +786,73 @@ def environment_report(device: torch.device, world_size: int) -> str:
             f"device: {card} x{world_size}")
 
 
-def synchronize(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def exit_on_input_error(error: InputError, rank: int):
+    """Every rank finds the same bad input; rank 0 says it once. No traceback: the message says what to do."""
+    raise SystemExit(f"error: {error}" if rank == 0 else 1)
+
+
+def setup(args: Hyperparameters) -> Run:
+    """Checks the inputs, joins the process group and opens the log; nothing here trains."""
+    rank, world_size, device = distributed_environment()
+    try:
+        train_files, val_files = check_run_inputs(args, world_size)
+        check_run_outputs(args)
+    except InputError as error:
+        exit_on_input_error(error, rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None,
+                            timeout=timedelta(seconds=args.collective_timeout_s))
+    run_id = [args.run_id or str(uuid.uuid4())]
+    dist.broadcast_object_list(run_id, src=0)  # every rank names checkpoints after rank 0's id
+    log_path = LOGS / f"{run_id[0]}.txt"
+    logfile = open(log_path, "x") if rank == 0 else None  # "x": fails rather than overwrite
+    run = Run(args=args, rank=rank, world_size=world_size, device=device, train_files=tuple(train_files),
+              val_files=tuple(val_files), micro_batches_per_step=args.batch_size // (world_size * args.sequence_length),
+              run_id=run_id[0], log_path=log_path, logfile=logfile, code=Path(__file__).read_text())
+    run.log(run.code)
+    run.log("=" * 100)
+    run.log(environment_report(device, world_size), console=True)
+    run.log("hyperparameters: " + json.dumps(dataclasses.asdict(args)), console=True)
+    run.log(f"log: {log_path}, {run.micro_batches_per_step} micro-batch(es) of {args.sequence_length} tokens per rank "
+            "per step", console=True)
+    return run
+
+
+def teardown(run: Run):
+    """Closes the log and leaves the process group. Every rank waits for the others first: gloo's worker threads
+    need the GIL to release the last collectives' tensors while teardown holds it, and without the barrier a
+    CPU run sometimes hung at exit."""
+    if run.logfile is not None:
+        run.logfile.close()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def abandon(run: Run, exit_status: int):
+    """Leaves at once after a failure: a peer may be gone, and waiting for it in a teardown could hang."""
+    if run.logfile is not None:
+        run.logfile.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_status)
+
+
+# -----------------------------------------------------------------------------
+# The model and its optimizers
+
+
+def compiles(args: Hyperparameters, device: torch.device) -> bool:
+    return args.compile == "true" or (args.compile == "auto" and device.type == "cuda")
 
 
 def build_model(args: Hyperparameters, device: torch.device) -> GPT:
+    activation_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32,
+                        "auto": torch.bfloat16 if device.type == "cuda" else torch.float32}[args.compute_dtype]
     model = GPT(vocab_size=args.vocab_size, num_layers=args.num_layers, model_dim=args.model_dim,
                 num_heads=args.num_heads, num_kv_heads=args.num_kv_heads, mlp_dim=args.mlp_dim,
                 max_seq_len=args.sequence_length, logit_softcap=args.logit_softcap,
-                attention_free_layers=attention_free_layers(args), use_flex_attention=device.type == "cuda")
+                attention_free_layers=attention_free_layers(args), use_flex_attention=device.type == "cuda",
+                activation_dtype=activation_dtype)
     if args.bf16_embeddings:
         for module in model.modules():
             if isinstance(module, nn.Embedding):
@@ -628,8 +860,9 @@ def build_model(args: Hyperparameters, device: torch.device) -> GPT:
     return model.to(device)
 
 
-def build_optimizers(model: GPT, args: Hyperparameters, rank: int, world_size: int):
-    """Muon for the 2-D weights inside the blocks; Adam for embeddings, head and scalars."""
+def build_optimizers(model: GPT, args: Hyperparameters, rank: int, world_size: int) -> tuple[torch.optim.Adam, Muon]:
+    """Muon for the 2-D weights inside the blocks; Adam for embeddings, head and scalars. No weight decay and
+    no gradient clipping, as in the record."""
     hidden_matrices = [p for p in model.blocks.parameters() if p.ndim >= 2]
     embeddings = [model.embed.weight, *model.value_embeds.parameters()]
     scalars = [p for p in model.parameters() if p.ndim < 2]
@@ -637,11 +870,12 @@ def build_optimizers(model: GPT, args: Hyperparameters, rank: int, world_size: i
     groups = [hidden_matrices, embeddings, scalars, head]
     assert sum(len(g) for g in groups) == len(list(model.parameters())) == len({id(p) for g in groups for p in g}), \
         "every parameter must belong to exactly one optimizer group"
+    device = model.lm_head.weight.device
     adam = torch.optim.Adam([dict(params=embeddings, lr=args.embed_lr), dict(params=head, lr=args.head_lr),
                              dict(params=scalars, lr=args.scalar_lr)],
-                            betas=(0.8, 0.95), eps=1e-10, fused=model.lm_head.weight.is_cuda)
+                            betas=(0.8, 0.95), eps=args.adam_eps, fused=device.type == "cuda")
     orthogonalize = newton_schulz_orthogonalize
-    if model.lm_head.weight.is_cuda:  # compiled on its own, apart from the model
+    if compiles(args, device):  # compiled on its own, apart from the model
         orthogonalize = torch.compile(newton_schulz_orthogonalize)
     muon = Muon(hidden_matrices, lr=args.muon_lr, momentum=args.muon_momentum, ns_steps=args.newton_schulz_steps,
                 rank=rank, world_size=world_size, orthogonalize=orthogonalize)
@@ -652,171 +886,480 @@ def build_optimizers(model: GPT, args: Hyperparameters, rank: int, world_size: i
 
 
 # -----------------------------------------------------------------------------
-# Training loop
+# Throughput: model FLOPs per token and utilisation of the card's peak
 
 
-def main(argv: list[str]):
-    args = parse_hyperparameters(argv)
-    rank, world_size, device = setup_distributed()
-    try:
-        train_files, val_files = check_run_inputs(args, world_size)
-    except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
-    run_id = args.run_id or str(uuid.uuid4())
-    log_path = Path("logs") / f"{run_id}.txt"
-    if rank == 0 and log_path.exists():
-        raise SystemExit(f"error: {log_path} exists; logs are never overwritten, choose another --run_id")
-    on_cuda = device.type == "cuda"
-    dist.init_process_group(backend="nccl" if on_cuda else "gloo", device_id=device if on_cuda else None)
-    shared_run_id = [run_id]
-    dist.broadcast_object_list(shared_run_id, src=0)  # every rank names checkpoints after rank 0's id
-    run_id = shared_run_id[0]
-    grad_accum_steps = args.batch_size // (world_size * args.sequence_length)
+def training_flops_per_token(num_layers: int, model_dim: int, num_heads: int, num_kv_heads: int, mlp_dim: int,
+                             vocab_size: int, num_attention_layers: int, attended_keys: float) -> float:
+    """Training FLOPs (forward + backward = 3x forward) per token: the matrix products of the blocks and the
+    LM head, plus attention's two products (q k^T and p v) with attended_keys keys per query.
 
-    logfile = None
-    if rank == 0:
-        log_path.parent.mkdir(exist_ok=True)
-        logfile = open(log_path, "x")  # "x": fails rather than overwrite
+    A product (m x k) @ (k x n) counts 2mkn FLOPs, so a weight matrix used once per token costs 2 x its size
+    per token forward. With d = model_dim, kv_dim = num_kv_heads * (d // num_heads):
+        matrix params P = num_layers * 2 * d * mlp_dim                          (MLP fc and proj)
+                        + num_attention_layers * (2 * d * d + 2 * d * kv_dim)   (q, proj; k, v)
+                        + d * vocab_size                                        (LM head)
+        attention A     = num_attention_layers * 2 * 2 * num_heads * head_dim * attended_keys
+        training        = 3 * (2 * P + A)
+    Embedding lookups are not products (0 FLOPs); norms, rotary, soft cap, softmax, cross-entropy, ReLU^2,
+    other elementwise work and the optimizers are left out.
+    """
+    head_dim = model_dim // num_heads
+    kv_dim = num_kv_heads * head_dim
+    matrix_params = (num_layers * 2 * model_dim * mlp_dim
+                     + num_attention_layers * (2 * model_dim * model_dim + 2 * model_dim * kv_dim)
+                     + model_dim * vocab_size)
+    attention = num_attention_layers * 2 * 2 * num_heads * head_dim * attended_keys
+    return 3 * (2 * matrix_params + attention)
 
-    def print0(text: str, console: bool = False):
-        if rank == 0:
-            if console:
-                print(text, flush=True)
-            logfile.write(text + "\n")
-            logfile.flush()
 
-    code = Path(__file__).read_text()  # logged first, and saved with a checkpoint
-    print0(code)
-    print0("=" * 100)
-    print0(environment_report(device, world_size), console=True)
-    print0("hyperparameters: " + json.dumps(dataclasses.asdict(args)), console=True)
-    print0(f"log: {log_path}, {grad_accum_steps} micro-batch(es) of {args.sequence_length} tokens per rank per step",
-           console=True)
+def mean_attended_keys(sequence_length: int, window_blocks: int, block_size: int = ATTENTION_BLOCK) -> float:
+    """Mean number of keys a query attends under the causal window at block granularity (key k for query q iff
+    k <= q and q // block_size - k // block_size < window_blocks). Documents are ignored: an upper bound.
 
+    Query q at offset r of block b attends r + 1 keys of its own block and min(b, window_blocks - 1) whole
+    blocks before it, so a block of s queries sums to s(s+1)/2 + s * block_size * min(b, window_blocks - 1).
+    """
+    total = 0
+    for block in range(-(-sequence_length // block_size)):
+        queries = min(block_size, sequence_length - block * block_size)
+        total += queries * (queries + 1) // 2 + queries * block_size * min(block, window_blocks - 1)
+    return total / sequence_length
+
+
+@functools.cache
+def step_flops(args: Hyperparameters, window_blocks: int) -> float:
+    """Model FLOPs of one training step (batch_size tokens) at this window."""
+    per_token = training_flops_per_token(
+        args.num_layers, args.model_dim, args.num_heads, args.num_kv_heads, args.mlp_dim, args.vocab_size,
+        args.num_layers - len(attention_free_layers(args)),
+        mean_attended_keys(args.sequence_length, window_blocks))
+    return args.batch_size * per_token
+
+
+# Dense bf16 peaks from the datasheets, TFLOP/s per card (the usual MFU convention); the first match by name.
+PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0),
+               ("B200", 2250.0))
+
+
+def peak_tflops_per_card(run: Run) -> float | None:
+    if run.args.peak_tflops > 0:
+        return run.args.peak_tflops
+    if run.on_gpu:
+        card = torch.cuda.get_device_name(run.device)
+        return next((tflops for name, tflops in PEAK_TFLOPS if name in card), None)
+    return None
+
+
+# -----------------------------------------------------------------------------
+# Training: the state that changes, and the loop's phases (evaluate, one step, checkpoint, finish)
+
+
+@dataclass
+class PendingLoss:
+    """A step's loss and stop votes on their way to the host; read one step later, so no step waits for them."""
+    step: int
+    values: torch.Tensor  # on the host: [mean loss over the ranks, number of ranks asked to stop]
+    ready: object  # a CUDA event, or None on the CPU
+    train_time_ms: float
+    step_avg_ms: float
+
+
+@dataclass
+class Training:
+    """What changes as the run goes: weights, optimizer states, the data stream, the clock."""
+    model: GPT  # holds the parameters; ddp_model wraps it (compiled) for forward and backward
+    ddp_model: DDP
+    adam: torch.optim.Adam
+    muon: Muon
+    window_blocks: torch.Tensor  # a device tensor updated in place, so a growing window never recompiles
+    val_batches: list
+    batches: object  # iterator over the steps' micro-batches
+    step: int = 0  # steps done
+    first_step: int = 0  # where this process started: 0, or the step a resumed checkpoint holds
+    training_time_ms: float = 0.0
+    timed_steps: int = 0
+    timed_flops: float = 0.0
+    clock_start: float | None = None  # time.perf_counter() while the clock runs
+    pending: PendingLoss | None = None
+    stop_reason: str | None = None
+    last_checkpoint_step: int | None = None
+    last_val_loss: float | None = None
+
+
+def synchronize(run: Run):
+    if run.on_gpu:
+        torch.cuda.synchronize(run.device)
+
+
+def train_time_ms(tr: Training) -> float:
+    running = 0.0 if tr.clock_start is None else 1000 * (time.perf_counter() - tr.clock_start)
+    return tr.training_time_ms + running
+
+
+class clock_paused:
+    """Validation, checkpoints and samples are outside the training time: the clock stops around them."""
+
+    def __init__(self, run: Run, tr: Training):
+        self.run, self.tr = run, tr
+
+    def __enter__(self):
+        synchronize(self.run)
+        self.was_running = self.tr.clock_start is not None
+        self.tr.training_time_ms = train_time_ms(self.tr)
+        self.tr.clock_start = None
+
+    def __exit__(self, *exception):
+        if self.was_running:
+            synchronize(self.run)
+            self.tr.clock_start = time.perf_counter()
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM. The first asks every rank to finish the current step and stop, with a
+    checkpoint when checkpointing is on; another one, a second or more later, exits at once. (torchrun passes a
+    signal it receives on to its workers, which then see it twice within a moment: that counts once.)"""
+
+    def __init__(self, run: Run):
+        self.run, self.received, self.first_at, self.current_step = run, None, 0.0, lambda: 0
+
+    def install(self, current_step):
+        self.current_step = current_step
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, self.handle)
+
+    def handle(self, number, frame):
+        name = signal.Signals(number).name
+        if self.received is None:
+            self.received, self.first_at = signal.Signals(number), time.monotonic()
+            if self.run.rank == 0:
+                print(f"{name}: stopping after this step; send it again to exit at once", file=sys.stderr, flush=True)
+        elif time.monotonic() - self.first_at > 1.0:
+            self.run.log(f"stopping: received a second {name} during step {self.current_step() + 1}: exited at "
+                         "once, without a checkpoint", console=True)
+            os._exit(128 + number)
+
+
+def build_training(run: Run) -> Training:
+    """The model (compiled, in DDP), both optimizers, the validation and training data; from a checkpoint when
+    resuming."""
+    args = run.args
     torch.manual_seed(args.seed)
-    raw_model = build_model(args, device)
-    use_compile = args.compile == "true" or (args.compile == "auto" and on_cuda)
+    model = build_model(args, run.device)
+    adam, muon = build_optimizers(model, args, run.rank, run.world_size)
+    resumed = resume_from_checkpoint(run, model, adam, muon) if args.resume else {}
     inductor_config.coordinate_descent_tuning = args.coordinate_descent_tuning
-    model = torch.compile(raw_model, dynamic=False) if use_compile else raw_model
+    compiled = torch.compile(model, dynamic=False) if compiles(args, run.device) else model
     # Our only buffers (rotary tables) are identical on every rank, so DDP need not broadcast them each
     # forward; torch 2.13 deprecates that flag's name but keeps its meaning.
     warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated")
-    model = DDP(model, device_ids=[device.index] if on_cuda else None,
-                broadcast_buffers=False, gradient_as_bucket_view=True)  # DDP also broadcasts rank 0's weights
-    adam, muon = build_optimizers(raw_model, args, rank, world_size)
-    optimizers = [adam, muon]
-    # The window lives in a device tensor updated in place, so a growing window never recompiles.
-    window_blocks = torch.tensor(window_blocks_at(0, args), dtype=torch.int32, device=device)
-    train_batches = distributed_batches(train_files, args.sequence_length, rank, world_size, device)
-    val_micro_batches = args.val_tokens // (world_size * args.sequence_length)
+    ddp_model = DDP(compiled, device_ids=[run.device.index] if run.on_gpu else None,
+                    broadcast_buffers=False, gradient_as_bucket_view=True)  # DDP also broadcasts rank 0's weights
+    first_step = resumed.get("step", 0)
+    tr = Training(model=model, ddp_model=ddp_model, adam=adam, muon=muon,
+                  window_blocks=torch.tensor(window_blocks_at(first_step, args), dtype=torch.int32, device=run.device),
+                  val_batches=validation_batches(list(run.val_files), args.val_tokens, args.sequence_length, run.rank,
+                                                 run.world_size, run.device, args.vocab_size),
+                  batches=training_batches(list(run.train_files), args.batch_size, args.sequence_length, run.rank,
+                                           run.world_size, run.device, args.vocab_size, first_step),
+                  step=first_step, first_step=first_step, training_time_ms=resumed.get("training_time_ms", 0.0),
+                  timed_steps=resumed.get("timed_steps", 0), timed_flops=resumed.get("timed_flops", 0.0),
+                  last_checkpoint_step=first_step if args.resume else None)
+    peak = peak_tflops_per_card(run)
+    run.log(f"model FLOPs per token (6 x matrix parameters + attention within the window, formula in "
+            f"training_flops_per_token): {step_flops(args, window_blocks_at(0, args)) / args.batch_size / 1e6:.0f} "
+            f"MFLOP at the first window, {step_flops(args, window_blocks_at(args.num_iterations, args)) / args.batch_size / 1e6:.0f}"
+            f" at the last; peak {'-' if peak is None else f'{peak} TFLOP/s'} per card", console=True)
+    run.log(f"timing: the clock starts after {args.timing_warmup_steps} step(s) (compilation and warm-up) and stops "
+            "for validation and checkpoints; until it starts, step lines show train_time:0ms", console=True)
+    return tr
 
-    # Step s's loss reaches the host while step s + 1 runs and is checked then, so no step waits for it.
-    pending_loss = None  # (step, host tensor, CUDA event or None)
-    stop_reason = None  # set when a loss is not finite
 
-    def non_finite_train_loss(step: int, loss: torch.Tensor, ready) -> str | None:
-        if ready is not None:
-            ready.synchronize()
-        return None if math.isfinite(loss.item()) else f"train loss is {loss.item()} at step {step}"
+def evaluate(run: Run, tr: Training) -> float:
+    """Mean loss over the validation tokens, all ranks together."""
+    total = torch.zeros((), device=run.device)
+    with torch.no_grad():
+        for inputs, targets in tr.val_batches:
+            total += tr.ddp_model(inputs, targets, tr.window_blocks)
+    dist.all_reduce(total)
+    return total.item() / (len(tr.val_batches) * run.world_size)
 
-    training_time_ms = 0.0
-    synchronize(device)
-    t0 = time.perf_counter()
-    for step in range(args.num_iterations + 1):
-        last_step = step == args.num_iterations
-        if step == args.timing_warmup_steps:  # the first steps compile and warm up: not timed
-            synchronize(device)
-            training_time_ms, t0 = 0.0, time.perf_counter()
-        timed_steps = step - args.timing_warmup_steps
-        window_blocks.fill_(window_blocks_at(step, args))
 
-        if last_step or (args.val_loss_every > 0 and step % args.val_loss_every == 0):
-            synchronize(device)
-            training_time_ms += 1000 * (time.perf_counter() - t0)
-            val_loss_sum = torch.zeros((), device=device)
-            val_batches = distributed_batches(val_files, args.sequence_length, rank, world_size, device)
-            with torch.no_grad():
-                for inputs, targets in itertools.islice(val_batches, val_micro_batches):
-                    val_loss_sum += model(inputs, targets, window_blocks)
-            dist.all_reduce(val_loss_sum, op=dist.ReduceOp.AVG)
-            val_loss = val_loss_sum.item() / val_micro_batches
-            step_avg = training_time_ms / timed_steps if timed_steps > 0 else float("nan")
-            print0(f"step:{step}/{args.num_iterations} val_loss:{val_loss:.4f} train_time:{training_time_ms:.0f}ms "
-                   f"step_avg:{step_avg:.2f}ms", console=True)
-            if not math.isfinite(val_loss):
-                stop_reason = f"val loss is {val_loss} at step {step}"
-                break
-            synchronize(device)
-            t0 = time.perf_counter()
-        if last_step:
+def validate(run: Run, tr: Training):
+    args = run.args
+    with clock_paused(run, tr):
+        report_pending_loss(run, tr)
+        val_loss = tr.last_val_loss = evaluate(run, tr)
+        step_avg = tr.training_time_ms / tr.timed_steps if tr.timed_steps else 0.0
+        run.log(f"step:{tr.step}/{args.num_iterations} val_loss:{val_loss:.4f} train_time:{tr.training_time_ms:.0f}ms "
+                f"step_avg:{step_avg:.2f}ms", console=True)
+        if tr.timed_steps:
+            seconds = tr.training_time_ms / 1000
+            peak = peak_tflops_per_card(run)
+            mfu = "-" if peak is None else f"{100 * tr.timed_flops / seconds / (peak * 1e12 * run.world_size):.1f}%"
+            run.log(f"throughput: step:{tr.step}/{args.num_iterations} tokens_per_s:"
+                    f"{tr.timed_steps * args.batch_size / seconds:.0f} mfu:{mfu}", console=True)
+        if not math.isfinite(val_loss):
+            tr.stop_reason = tr.stop_reason or f"val loss is {val_loss} at step {tr.step}"
+
+
+def train_step(run: Run, tr: Training, stop_requested: bool) -> PendingLoss:
+    """One optimizer step: this rank's micro-batches with gradient accumulation (DDP all-reduces once, at the
+    last), the schedules, both optimizers. The loss and the stop vote are all-reduced and start their way to the
+    host, so every rank learns the same thing at the same step."""
+    args = run.args
+    step_loss = torch.zeros((), device=run.device)
+    micro_batches = next(tr.batches)
+    for index, (inputs, targets) in enumerate(micro_batches):
+        with nullcontext() if index == len(micro_batches) - 1 else tr.ddp_model.no_sync():
+            loss = tr.ddp_model(inputs, targets, tr.window_blocks) / len(micro_batches)
+            loss.backward()
+        step_loss += loss.detach()
+    lr_multiplier = learning_rate_multiplier(tr.step, args)
+    for optimizer in (tr.adam, tr.muon):
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * lr_multiplier
+    for group in tr.muon.param_groups:
+        group["momentum"] = muon_momentum_at(tr.step, args)
+    tr.adam.step()
+    tr.muon.step()
+    tr.model.zero_grad(set_to_none=True)
+
+    loss_and_votes = torch.stack([step_loss / run.world_size, torch.full_like(step_loss, float(stop_requested))])
+    dist.all_reduce(loss_and_votes)
+    host_values = loss_and_votes.to("cpu", non_blocking=True)
+    ready = torch.cuda.Event() if run.on_gpu else None
+    if ready is not None:
+        ready.record()
+    if tr.clock_start is not None:
+        tr.timed_steps += 1
+        tr.timed_flops += step_flops(args, window_blocks_at(tr.step, args))
+    tr.step += 1
+    elapsed = train_time_ms(tr)
+    return PendingLoss(tr.step, host_values, ready, elapsed, elapsed / tr.timed_steps if tr.timed_steps else 0.0)
+
+
+def report_pending_loss(run: Run, tr: Training, signals: StopSignals | None = None):
+    """Logs the step line of the step whose loss is on its way, and stops the run on a non-finite loss or a
+    stop vote."""
+    pending, tr.pending = tr.pending, None
+    if pending is None:
+        return
+    if pending.ready is not None:
+        pending.ready.synchronize()
+    loss, stop_votes = pending.values.tolist()
+    run.log(f"step:{pending.step}/{run.args.num_iterations} train_loss:{loss:.4f} "
+            f"train_time:{pending.train_time_ms:.0f}ms step_avg:{pending.step_avg_ms:.2f}ms", console=True)
+    if tr.stop_reason is None and not math.isfinite(loss):
+        tr.stop_reason = f"train loss is {loss} at step {pending.step}"
+    if tr.stop_reason is None and stop_votes > 0:
+        received = signals.received.name if signals and signals.received else "a stop signal on another rank"
+        tr.stop_reason = f"received {received} at step {tr.step}"
+
+
+def train(run: Run, tr: Training, signals: StopSignals):
+    """Validation when due, then one step, until the last step or a reason to stop."""
+    args = run.args
+    while tr.stop_reason is None:
+        if tr.step - tr.first_step == args.timing_warmup_steps and tr.clock_start is None:
+            synchronize(run)
+            tr.clock_start = time.perf_counter()
+        tr.window_blocks.fill_(window_blocks_at(tr.step, args))
+        last_step = tr.step == args.num_iterations
+        if last_step or (args.val_loss_every > 0 and tr.step % args.val_loss_every == 0):
+            validate(run, tr)
+        if last_step or tr.stop_reason is not None:
             break
+        pending = train_step(run, tr, stop_requested=signals.received is not None)
+        report_pending_loss(run, tr, signals)  # the previous step's, which arrived while this one ran
+        tr.pending = pending
+        if args.checkpoint_every > 0 and tr.step % args.checkpoint_every == 0 and tr.step < args.num_iterations:
+            save_checkpoint(run, tr)
+    report_pending_loss(run, tr, signals)
 
-        # --------------- one optimizer step ---------------
-        step_loss = torch.zeros((), device=device)
-        for micro_step in range(grad_accum_steps):
-            inputs, targets = next(train_batches)
-            last_micro_step = micro_step == grad_accum_steps - 1
-            with nullcontext() if last_micro_step else model.no_sync():  # all-reduce once, at the end
-                loss = model(inputs, targets, window_blocks) / grad_accum_steps
-                loss.backward()
-            step_loss += loss.detach()
-        lr_multiplier = learning_rate_multiplier(step, args)
-        for optimizer in optimizers:
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * lr_multiplier
-        for group in muon.param_groups:
-            group["momentum"] = muon_momentum_at(step, args)
-        for optimizer in optimizers:
-            optimizer.step()
-        model.zero_grad(set_to_none=True)
 
-        dist.all_reduce(step_loss, op=dist.ReduceOp.AVG)  # every rank then stops at the same step
-        host_loss = step_loss.to("cpu", non_blocking=True)
-        ready = torch.cuda.Event() if on_cuda else None
-        if ready is not None:
-            ready.record()
-        if pending_loss is not None:
-            stop_reason = non_finite_train_loss(*pending_loss)
-            if stop_reason:
-                break
-        pending_loss = (step + 1, host_loss, ready)
+# -----------------------------------------------------------------------------
+# Checkpoints: the complete training state in one file, written by rank 0, loadable onto any number of ranks
 
-        approx_time_ms = training_time_ms + 1000 * (time.perf_counter() - t0)
-        step_avg = approx_time_ms / (timed_steps + 1) if timed_steps + 1 > 0 else float("nan")
-        print0(f"step:{step + 1}/{args.num_iterations} train_time:{approx_time_ms:.0f}ms step_avg:{step_avg:.2f}ms",
-               console=True)
-    if stop_reason is None and pending_loss is not None:
-        stop_reason = non_finite_train_loss(*pending_loss)
-    if stop_reason is not None:
-        print0(f"stopping: {stop_reason}", console=True)
-    elif on_cuda:
-        print0(f"peak memory allocated: {torch.cuda.max_memory_allocated(device) // 2**20} MiB "
-               f"reserved: {torch.cuda.max_memory_reserved(device) // 2**20} MiB", console=True)
+CHECKPOINT_FORMAT = "train_gpt.py checkpoint 1"
+
+
+def save_checkpoint(run: Run, tr: Training) -> Path:
+    """Writes logs/<run_id>/step_<step>.pt: weights, both optimizers' states (Muon's momentum gathered from the
+    ranks that own it), the step (which fixes the data position: one shard batch per step), the clock, the RNG,
+    hyperparameters and code. Written under a temporary name and renamed when complete; the newest
+    keep_checkpoints are kept. Every rank takes part; the time is outside the training time."""
+    with clock_paused(run, tr):
+        report_pending_loss(run, tr)
+        started = time.perf_counter()
+        names = {id(param): name for name, param in tr.model.named_parameters()}
+        momentum = {}
+        for param, owner in tr.muon.owned_parameters():
+            buffer = tr.muon.state[param]["momentum_buffer"] if owner == run.rank else torch.empty_like(param)
+            dist.broadcast(buffer, src=owner)
+            if run.rank == 0:
+                momentum[names[id(param)]] = buffer.cpu()
+        path = run.checkpoint_dir / f"step_{tr.step:06d}.pt"
+        if run.rank == 0:
+            state = dict(format=CHECKPOINT_FORMAT, run_id=run.run_id, step=tr.step, world_size=run.world_size,
+                         code=run.code, hyperparameters=dataclasses.asdict(run.args),
+                         model={name: value.cpu() for name, value in tr.model.state_dict().items()},
+                         adam_state=tr.adam.state_dict()["state"], muon_momentum=momentum,
+                         training_time_ms=tr.training_time_ms, timed_steps=tr.timed_steps,
+                         timed_flops=tr.timed_flops, rng_cpu=torch.get_rng_state(),
+                         rng_cuda=torch.cuda.get_rng_state(run.device) if run.on_gpu else None)
+            run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".{path.name}.partial")  # never picked up by --resume
+            with open(partial, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(partial, path)
+            for old in sorted(run.checkpoint_dir.glob("step_*.pt"))[:-run.args.keep_checkpoints]:
+                old.unlink()
+            run.log(f"checkpoint: step {tr.step} saved to {path} ({path.stat().st_size / 2**20:.0f} MiB in "
+                    f"{time.perf_counter() - started:.1f} s, outside the training time)", console=True)
+        tr.last_checkpoint_step = tr.step
+    return path
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # a truncated or foreign file fails in many ways; all mean "unusable"
+        raise InputError(f"{path}: not a complete checkpoint ({str(error).splitlines()[0]})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: not a checkpoint of this trainer (format {CHECKPOINT_FORMAT!r})")
+    return checkpoint
+
+
+def find_checkpoint(resume: str, warn) -> tuple[Path, dict]:
+    """--resume names a checkpoint file, or a run's folder: then its newest checkpoint that loads (partial
+    files of an interrupted save have another name and are never considered)."""
+    path = Path(resume)
+    if path.is_dir():
+        for candidate in sorted(path.glob("step_*.pt"), reverse=True):
+            try:
+                return candidate, load_checkpoint(candidate)
+            except InputError as error:
+                warn(f"warning: skipping {error}")
+        raise InputError(f"--resume={resume}: no complete checkpoint (step_*.pt) in this folder")
+    if not path.is_file():
+        raise InputError(f"--resume={resume}: no such checkpoint file or run folder")
+    return path, load_checkpoint(path)
+
+
+def resume_from_checkpoint(run: Run, model: GPT, adam: torch.optim.Adam, muon: Muon) -> dict:
+    """Loads the checkpoint into model and optimizers after checking that it continues this run's math;
+    returns the progress it holds (step, clock)."""
+    path, checkpoint = find_checkpoint(run.args.resume, lambda text: run.log(text, console=True))
+    args, saved = run.args, checkpoint["hyperparameters"]
+    changed = [f"{name} {saved.get(name)!r} -> {value!r}" for name, value in dataclasses.asdict(args).items()
+               if name not in BOOKKEEPING_FIELDS and saved.get(name) != value]
+    if changed and not args.force_resume:
+        raise InputError(f"{path}: these hyperparameters differ from the checkpoint's and change the math: "
+                         f"{'; '.join(changed)}; keep the checkpoint's values or pass --force_resume=true")
+    if changed:
+        run.log(f"warning: resuming with changed hyperparameters (forced): {'; '.join(changed)}", console=True)
+    if checkpoint["step"] >= args.num_iterations:
+        raise InputError(f"{path}: holds step {checkpoint['step']}, but this run ends at num_iterations="
+                         f"{args.num_iterations}")
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        raise InputError(f"{path}: holds a model of another shape: {str(error).splitlines()[1].strip()}") from None
+    adam.load_state_dict(dict(state=checkpoint["adam_state"], param_groups=adam.state_dict()["param_groups"]))
+    names = {id(param): name for name, param in model.named_parameters()}
+    for param, owner in muon.owned_parameters():  # owners follow this run's number of ranks
+        if owner == run.rank:
+            muon.state[param]["momentum_buffer"] = checkpoint["muon_momentum"][names[id(param)]].to(run.device)
+    torch.set_rng_state(checkpoint["rng_cpu"].clone())
+    if run.on_gpu and checkpoint["rng_cuda"] is not None:
+        torch.cuda.set_rng_state(checkpoint["rng_cuda"].clone(), run.device)
+    if checkpoint["code"] != run.code:
+        differences = [line for line in difflib.unified_diff(checkpoint["code"].splitlines(), run.code.splitlines(),
+                                                             lineterm="", n=0)
+                       if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+        run.log(f"warning: {path} was written by other code: {len(differences)} line(s) differ, the first: "
+                f"{differences[0][:150]!r}", console=True)
+    run.log(f"resumed: run {checkpoint['run_id']} at step {checkpoint['step']} from {path} (written on "
+            f"{checkpoint['world_size']} rank(s), now {run.world_size})", console=True)
+    return dict(step=checkpoint["step"], training_time_ms=checkpoint["training_time_ms"],
+                timed_steps=checkpoint["timed_steps"], timed_flops=checkpoint["timed_flops"])
+
+
+# -----------------------------------------------------------------------------
+# The run: setup, training, finish
+
+
+def finish(run: Run, tr: Training, signals: StopSignals) -> int:
+    """The run's last words: why it stopped (with how to resume), or its figures, checkpoint and samples.
+    Returns the exit status."""
+    args = run.args
+    if (tr.stop_reason or "").startswith("received "):
+        if args.checkpoint_every > 0:
+            path = save_checkpoint(run, tr) if tr.last_checkpoint_step != tr.step else (
+                run.checkpoint_dir / f"step_{tr.step:06d}.pt")
+            remedy = f"resume with --resume={path}"
+        else:
+            remedy = "no checkpoint (checkpoint_every=0), so it cannot be resumed"
+        run.log(f"stopping: {tr.stop_reason}; {remedy}; log: {run.log_path}", console=True)
+        return 128 + signals.received if signals.received is not None else 1
+    if tr.stop_reason is not None:
+        run.log(f"stopping: {tr.stop_reason}", console=True)
+        return 1
+    if run.on_gpu:
+        memory = (f"peak memory allocated: {torch.cuda.max_memory_allocated(run.device) // 2**20} MiB "
+                  f"reserved: {torch.cuda.max_memory_reserved(run.device) // 2**20} MiB")
     else:
-        print0(f"peak memory (max RSS of rank 0): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB",
-               console=True)
-    if args.save_checkpoint and stop_reason is None:
-        checkpoint_dir = Path("logs") / run_id
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        path = checkpoint_dir / f"state_step{args.num_iterations:06d}_rank{rank}.pt"
-        # Muon's momentum is sharded across ranks, so every rank saves its optimizer states; rank 0 adds the
-        # model and the code.
-        state = dict(step=args.num_iterations, optimizers=[opt.state_dict() for opt in optimizers])
-        if rank == 0:
-            state.update(model=raw_model.state_dict(), code=code,
-                         hyperparameters=dataclasses.asdict(args))
-        with open(path, "xb") as f:
-            torch.save(state, f)
-        print0(f"checkpoint saved to {checkpoint_dir}/state_step{args.num_iterations:06d}_rank*.pt", console=True)
-    if args.sample_at_end and rank == 0 and stop_reason is None:
-        log_samples(raw_model, args, window_blocks, print0)
-    # gloo's worker threads release the last collectives' tensors, which takes the GIL; teardown joins them
-    # while holding it. Waiting in a barrier (GIL released) lets them finish first: without it, a CPU run
-    # sometimes hung at exit.
-    dist.barrier()
-    del model
-    dist.destroy_process_group()
-    return 0 if stop_reason is None else 1
+        memory = f"peak memory (max RSS of rank 0): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB"
+    run.log(memory, console=True)
+    if args.save_checkpoint and tr.last_checkpoint_step != tr.step:
+        save_checkpoint(run, tr)
+    if args.sample_at_end and run.rank == 0:
+        log_samples(run, tr.model, tr.window_blocks)
+    step_avg = tr.training_time_ms / tr.timed_steps if tr.timed_steps else 0.0
+    run.log(f"done: val_loss {tr.last_val_loss:.4f} at step {tr.step}, train_time {tr.training_time_ms / 1000:.1f} s, "
+            f"step_avg {step_avg:.2f} ms; log: {run.log_path}", console=True)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = parse_hyperparameters(argv)
+    try:
+        run = setup(args)
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted during setup; nothing was trained") from None
+    signals, tr = StopSignals(run), None
+
+    def at_step() -> str:
+        return f"at step {tr.step}" if tr is not None else "before the first step"
+
+    try:
+        tr = build_training(run)
+        signals.install(lambda: tr.step)
+        train(run, tr, signals)
+        exit_status = finish(run, tr, signals)
+        teardown(run)
+        return exit_status
+    except InputError as error:  # found after setup: a bad checkpoint, a token id outside the vocabulary
+        run.log(f"stopping: {error} ({at_step()})")
+        if run.rank == 0:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        abandon(run, 1)
+    except KeyboardInterrupt:  # before the signal handlers were installed
+        run.log(f"stopping: interrupted {at_step()}; log: {run.log_path}", console=True)
+        abandon(run, 130)
+    except dist.DistError as error:  # another rank died or stopped responding; it reports its own error
+        message = (f"stopping: rank {run.rank} lost its peers {at_step()} (another rank died or stopped responding): "
+                   f"{str(error).splitlines()[0][:300]}")
+        run.log(message)
+        print(message, file=sys.stderr, flush=True)
+        abandon(run, 1)
+    except Exception as error:  # a real bug: into the log for records/compare.py, then its traceback, once
+        run.log(f"stopping: {type(error).__name__}: {error} {at_step()}")
+        traceback.print_exc()
+        abandon(run, 1)
 
 
 if __name__ == "__main__":

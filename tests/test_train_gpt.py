@@ -1,5 +1,6 @@
 """CPU tests of train_gpt.py's parts: Newton-Schulz, Muon (1 vs 2 gloo ranks), the attention masks, the
 model, the schedules, the data loader and the input checks. The training runs are in test_train_run.py."""
+import dataclasses
 import math
 import os
 import subprocess
@@ -335,9 +336,9 @@ def tiny_tokens(length=256, seed=0):  # EOT about every 200 tokens: documents sp
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-@pytest.mark.parametrize("kv_heads", [2, 1])
-def test_model_flex_and_sdpa_paths_agree_in_forward(kv_heads):
-    model, args = tiny_model(num_kv_heads=kv_heads)
+@pytest.mark.parametrize("kv_heads,compute_dtype", [(2, "auto"), (1, "auto"), (2, "bfloat16")])
+def test_model_flex_and_sdpa_paths_agree_in_forward(kv_heads, compute_dtype):
+    model, args = tiny_model(num_kv_heads=kv_heads, compute_dtype=compute_dtype)
     inputs, targets = tiny_tokens(length=512)  # 4 blocks, documents spanning several of them
     assert model.use_flex_attention is False  # build_model picks SDPA on CPU
     window = torch.tensor(2, dtype=torch.int32)  # narrower than the sequence: the window matters
@@ -394,7 +395,7 @@ def test_model_layer_layout_and_value_embeddings():
     assert [block.attn is None for block in model.blocks] == [i == 7 for i in range(12)]
     assert len(model.value_embeds) == 3
     inputs, targets = tiny_tokens()
-    tables = [table(inputs).bfloat16() for table in model.value_embeds]
+    tables = [table(inputs).to(model.activation_dtype) for table in model.value_embeds]
     seen = []
 
     def record(module, positional):
@@ -432,6 +433,7 @@ def test_build_optimizers_puts_every_parameter_in_one_group():
     assert all(lrs[id(table.weight)] == args.embed_lr for table in model.value_embeds)
     assert lrs[id(model.skip_weights)] == args.scalar_lr
     assert adam.defaults["betas"] == (0.8, 0.95) and adam.defaults["weight_decay"] == 0
+    assert adam.defaults["eps"] == 1e-8 == args.adam_eps  # PyTorch's default, as the record
     assert all(group["initial_lr"] == group["lr"] for opt in (adam, muon) for group in opt.param_groups)
 
 
@@ -452,27 +454,43 @@ def test_learning_rate_schedule():
     assert np.allclose(diffs, -1 / 400)
 
 
-def test_window_schedule():
-    for iterations in (1390, 100, 12):
-        args = train_gpt.Hyperparameters(num_iterations=iterations)
-        values = [train_gpt.window_blocks_at(step, args) for step in range(iterations + 1)]
-        assert values[0] == 1 and values[-1] == 14
-        assert all(isinstance(v, int) for v in values)
-        assert all(a <= b for a, b in zip(values, values[1:]))
-        assert set(values) <= set(range(1, 15))
-    args = train_gpt.Hyperparameters(num_iterations=1300)
-    assert train_gpt.window_blocks_at(650, args) in (7, 8)  # midpoint of 1 .. 14 is 7.5
+SCHEDULE_LENGTHS = [1390, 1000, 300, 100]
 
 
-def test_muon_momentum_schedule():
-    args = train_gpt.Hyperparameters()  # 1390 steps, warm-up over the first 300
-    momentum = lambda step: train_gpt.muon_momentum_at(step, args)  # noqa: E731
-    assert momentum(0) == pytest.approx(0.85)
-    assert momentum(150) == pytest.approx(0.90)
-    assert momentum(300) == pytest.approx(0.95)
-    assert momentum(301) == pytest.approx(0.95) and momentum(1390) == pytest.approx(0.95)
-    values = [momentum(step) for step in range(400)]
-    assert all(a <= b + 1e-12 for a, b in zip(values, values[1:]))
+@pytest.mark.parametrize("iterations", SCHEDULE_LENGTHS)
+def test_window_schedule_is_the_records_at_every_step(iterations):
+    """blocks(step) = floor(((1 - x) * 128 + x * 1856) / 128), x = step / num_iterations (the record's)."""
+    args = train_gpt.Hyperparameters(num_iterations=iterations)
+    values = [train_gpt.window_blocks_at(step, args) for step in range(iterations + 1)]
+    expected = [int(((1 - s / iterations) * 128 + s / iterations * 1856) // 128) for s in range(iterations + 1)]
+    assert values == expected
+    assert values[0] == 1 and values[-1] == 14 and all(isinstance(v, int) for v in values)
+    assert values.index(14) >= 0.96 * iterations  # 14 blocks only at the very end
+    assert all(a <= b for a, b in zip(values, values[1:]))
+    if iterations == 1390:
+        assert sum(values[:-1]) / iterations == pytest.approx(7.26, abs=0.005)  # the record's mean window
+    wider = train_gpt.Hyperparameters(num_iterations=iterations, window_start_tokens=256, window_end_tokens=2048)
+    assert train_gpt.window_blocks_at(0, wider) == 2 and train_gpt.window_blocks_at(iterations, wider) == 16
+
+
+@pytest.mark.parametrize("iterations", SCHEDULE_LENGTHS)
+def test_muon_momentum_warms_up_over_300_steps_whatever_the_length(iterations):
+    args = train_gpt.Hyperparameters(num_iterations=iterations)
+    for step in range(iterations + 1):
+        fraction = min(step / 300, 1)
+        assert train_gpt.muon_momentum_at(step, args) == pytest.approx((1 - fraction) * 0.85 + fraction * 0.95)
+    assert train_gpt.muon_momentum_at(iterations, args) == pytest.approx(min(0.95, 0.85 + 0.1 * iterations / 300))
+    if iterations == 100:
+        assert train_gpt.muon_momentum_at(100, args) == pytest.approx(0.8833, abs=1e-4)
+
+
+@pytest.mark.parametrize("iterations", SCHEDULE_LENGTHS)
+def test_learning_rate_at_every_step(iterations):
+    args = train_gpt.Hyperparameters(num_iterations=iterations)  # cooldown over the last 40%
+    for step in range(iterations + 1):
+        remaining = 1 - step / iterations
+        assert train_gpt.learning_rate_multiplier(step, args) == pytest.approx(min(remaining / 0.4, 1.0))
+    assert train_gpt.learning_rate_multiplier(iterations, args) == 0.0
 
 
 # -----------------------------------------------------------------------------
@@ -487,44 +505,98 @@ def write_shard(path: Path, tokens, magic=20240520, version=1, header_tokens=Non
         f.write(np.asarray(tokens, dtype="<u2").tobytes())
 
 
-@pytest.mark.parametrize("world_size", [1, 2, 4])
-def test_distributed_batches_tile_the_global_batch(tmp_path, world_size):
-    sequence_length = 128
-    global_micro = world_size * sequence_length
-    # Token i of shard s is 10000 * s + i: every token names its place.
-    sizes = [5 * 512 + 37, 3 * 512]  # the second ends exactly on a window: its very last target is unknown
+def numbered_shards(tmp_path: Path, sizes) -> list[str]:
+    """Shards whose token i of shard s is 10000 * s + i (mod 50000): every token names its place."""
     files = []
     for s, size in enumerate(sizes):
-        files.append(tmp_path / f"train_{s:06d}.bin")
-        write_shard(files[-1], 10000 * s + np.arange(size))
-    per_rank = [list(train_gpt.distributed_batches([str(f) for f in files], sequence_length, rank, world_size,
-                                                   torch.device("cpu")))
-                for rank in range(world_size)]
-    expected_counts = [size // global_micro for size in sizes]
-    assert all(len(batches) == sum(expected_counts) for batches in per_rank)
-    micro = 0
-    for s, count in enumerate(expected_counts):
-        for m in range(count):
-            inputs = torch.cat([per_rank[rank][micro][0] for rank in range(world_size)])
-            targets = torch.cat([per_rank[rank][micro][1] for rank in range(world_size)])
-            start = 10000 * s + m * global_micro
-            assert torch.equal(inputs.long(), torch.arange(start, start + global_micro))
-            expected_targets = torch.arange(start + 1, start + global_micro + 1)
-            if start + global_micro == 10000 * s + sizes[s]:  # past the shard's end: ignored by the loss
-                expected_targets[-1] = -100
-            assert torch.equal(targets, expected_targets)
-            for rank in range(world_size):
-                local_inputs, local_targets = per_rank[rank][micro]
-                assert local_inputs.dtype == torch.int32 and local_targets.dtype == torch.int64
-                assert local_inputs.shape == local_targets.shape == (sequence_length,)
-            micro += 1
+        files.append(str(tmp_path / f"train_{s:06d}.bin"))
+        write_shard(Path(files[-1]), (10000 * s + np.arange(size)) % 50000)
+    return files
+
+
+def steps_seen(files, steps, batch_size, sequence_length, world_size, first_step=0):
+    """For each step: the (inputs, targets) pairs of every rank's micro-batches, as token lists, in order."""
+    streams = [train_gpt.training_batches(files, batch_size, sequence_length, rank, world_size, torch.device("cpu"),
+                                          50304, first_step) for rank in range(world_size)]
+    result = []
+    for _ in range(steps):
+        pieces = []
+        for stream in streams:
+            for inputs, targets in next(stream):
+                assert inputs.dtype == torch.int32 and targets.dtype == torch.int64
+                assert inputs.shape == targets.shape == (sequence_length,)
+                pieces.append((inputs.tolist(), targets.tolist()))
+        result.append(pieces)
+    return result
+
+
+# Uneven shard ends: 5 batches + 37 tokens, exactly 3 batches + 1 token, 2 batches (its last batch lacks the
+# next token, so only 1 fits), then 4 batches and a bit.
+UNEVEN_SIZES = [5 * 1024 + 37, 3 * 1024 + 1, 2 * 1024, 4 * 1024 + 300]
+
+
+@pytest.mark.parametrize("world_size", [2, 4, 8])
+def test_every_step_trains_on_the_same_tokens_on_any_number_of_ranks(tmp_path, world_size):
+    files = numbered_shards(tmp_path, UNEVEN_SIZES)
+    steps = 5 + 3 + 1 + 4
+    one_rank = steps_seen(files, steps, 1024, 128, 1)
+    many = steps_seen(files, steps, 1024, 128, world_size)
+    # Not only the set: the same sequences in the same order (rank r's slice follows rank r - 1's).
+    assert many == one_rank
+    # Each step's batch is batch_size + 1 contiguous tokens of one shard; a shard's rest that cannot hold
+    # batch_size + 1 tokens is skipped, and the next shard starts at its first token.
+    starts = [(s, b * 1024) for s, count in enumerate([5, 3, 1, 4]) for b in range(count)]
+    for (shard, start), pieces in zip(starts, one_rank):
+        inputs = [token for piece_inputs, _ in pieces for token in piece_inputs]
+        targets = [token for _, piece_targets in pieces for token in piece_targets]
+        first = 10000 * shard + start
+        assert inputs == [t % 50000 for t in range(first, first + 1024)]
+        assert targets == [t % 50000 for t in range(first + 1, first + 1025)]
+    with pytest.raises(StopIteration):  # and the data ends there (check_run_inputs refuses longer runs)
+        steps_seen(files, steps + 1, 1024, 128, world_size)
+
+
+def test_resumed_stream_continues_where_the_step_left_it(tmp_path):
+    files = numbered_shards(tmp_path, UNEVEN_SIZES)
+    whole = steps_seen(files, 13, 1024, 256, 2)
+    for first_step in (1, 5, 8, 9, 12):
+        assert steps_seen(files, 13 - first_step, 1024, 256, 2, first_step) == whole[first_step:]
+
+
+def test_validation_batches_may_end_exactly_at_the_shard_end(tmp_path):
+    path = tmp_path / "val_000000.bin"
+    write_shard(path, np.arange(4 * 256))  # exactly val_tokens: the very last target is unknown
+    for world_size in (1, 2, 4):
+        per_rank = [train_gpt.validation_batches([str(path)], 1024, 256, rank, world_size, torch.device("cpu"), 50304)
+                    for rank in range(world_size)]
+        sequences = [per_rank[rank][m] for m in range(4 // world_size) for rank in range(world_size)]
+        for index, (inputs, targets) in enumerate(sequences):
+            assert inputs.tolist() == list(range(256 * index, 256 * index + 256))
+            expected = list(range(256 * index + 1, 256 * index + 257))
+            if index == 3:
+                expected[-1] = -100  # ignored by the loss
+            assert targets.tolist() == expected
 
 
 def test_shard_tokens_above_int16_survive(tmp_path):
     path = tmp_path / "high.bin"
     write_shard(path, [train_gpt.EOT_TOKEN, 65535, 40000, 1, 2])
-    (inputs, targets), = train_gpt.distributed_batches([str(path)], 4, 0, 1, torch.device("cpu"))
+    (inputs, targets), = train_gpt.micro_batches(train_gpt.load_shard(str(path), 65536), 0, 4, 4, torch.device("cpu"))
     assert inputs.tolist() == [50256, 65535, 40000, 1] and targets.tolist() == [65535, 40000, 1, 2]
+
+
+@pytest.mark.parametrize("position", [0, 777, 9999])
+def test_token_id_outside_the_vocabulary_is_named_with_file_and_position(tmp_path, position):
+    tokens = np.arange(10000) % 5000
+    tokens[position] = 50304
+    tokens[-1] = 60000 if position != 9999 else 50304  # only the first offending position is named
+    path = tmp_path / "bad.bin"
+    write_shard(path, tokens)
+    with pytest.raises(train_gpt.InputError) as error:
+        train_gpt.load_shard(str(path), 50304)
+    assert str(path) in str(error.value) and f"position {position}" in str(error.value)
+    assert "token id 50304" in str(error.value) and "vocab_size=50304" in str(error.value)
+    assert len(train_gpt.load_shard(str(path))) == 10000  # without a vocabulary, nothing is checked
 
 
 def good_run(tmp_path: Path, **overrides):
@@ -574,15 +646,120 @@ def test_check_run_inputs_rejects_bad_arguments(tmp_path):
 
 
 def test_check_run_inputs_too_few_tokens_says_how_many_shards(tmp_path):
-    # 2 train shards of 10000 tokens: each holds 10000 // 512 = 19 micro-batches of 2 x 256 tokens.
-    args = good_run(tmp_path, num_iterations=100)  # needs 100 x 1024 / 512 = 200 micro-batches
-    message = check_fails(args, 2, "train", "200 micro-batches", "38 micro-batches", str(tmp_path / "data"))
-    shards = int(message.split("about ")[1].split(" shards")[0])
-    per_shard = 10000 // 512
-    assert shards * per_shard >= 200 and (shards - 2) * per_shard < 200  # enough, and not wildly more
+    # 2 train shards of 10000 tokens: each holds (10000 - 1) // 1024 = 9 steps of 1024 tokens.
+    args = good_run(tmp_path, num_iterations=100)
+    message = check_fails(args, 2, "train", "100 steps", "hold 18", str(tmp_path / "data"))
+    shards = int(message.split("about ")[1].split(" such shards")[0])
+    assert shards * 9 >= 100 and (shards - 1) * 9 < 100  # enough, and not more
+    train_gpt.check_run_inputs(good_run(tmp_path, num_iterations=18), 2)  # exactly enough
     # Validation short of tokens fails the same way.
     check_fails(good_run(tmp_path, val_tokens=512 * 20), 2, "val", "20 micro-batches", "19 micro-batches",
                 "lower val_tokens")
+
+
+# (override, fragments of the error): every kind of bad hyperparameter, each caught before anything runs.
+BAD_HYPERPARAMETERS = [
+    (dict(num_iterations=-3), ["num_iterations=-3", "above 0"]),
+    (dict(model_dim=0), ["model_dim=0", "above 0"]),
+    (dict(num_heads=0), ["num_heads=0"]),
+    (dict(mlp_dim=-64), ["mlp_dim=-64"]),
+    (dict(vocab_size=0), ["vocab_size=0"]),
+    (dict(vocab_size=50000), ["vocab_size=50000", "50256"]),
+    (dict(vocab_size=70000), ["vocab_size=70000", "uint16"]),
+    (dict(newton_schulz_steps=0), ["newton_schulz_steps=0"]),
+    (dict(sample_tokens=0), ["sample_tokens=0"]),
+    (dict(keep_checkpoints=0), ["keep_checkpoints=0"]),
+    (dict(collective_timeout_s=0), ["collective_timeout_s=0"]),
+    (dict(val_loss_every=-1), ["val_loss_every=-1", "0 or more"]),
+    (dict(checkpoint_every=-5), ["checkpoint_every=-5"]),
+    (dict(momentum_warmup_steps=-1), ["momentum_warmup_steps=-1"]),
+    (dict(timing_warmup_steps=-2), ["timing_warmup_steps=-2"]),
+    (dict(cooldown_frac=-0.1), ["cooldown_frac=-0.1", "fraction"]),
+    (dict(cooldown_frac=float("nan")), ["cooldown_frac=nan"]),
+    (dict(muon_momentum=1.5), ["muon_momentum=1.5", "fraction"]),
+    (dict(muon_momentum_start=-0.5), ["muon_momentum_start=-0.5"]),
+    (dict(muon_lr=float("nan")), ["muon_lr=nan", "finite"]),
+    (dict(embed_lr=float("inf")), ["embed_lr=inf", "finite"]),
+    (dict(head_lr=-0.1), ["head_lr=-0.1"]),
+    (dict(scalar_lr=float("-inf")), ["scalar_lr=-inf"]),
+    (dict(adam_eps=0.0), ["adam_eps=0.0", "above 0"]),
+    (dict(logit_softcap=0.0), ["logit_softcap=0.0", "above 0"]),
+    (dict(logit_softcap=float("nan")), ["logit_softcap=nan"]),
+    (dict(peak_tflops=-1.0), ["peak_tflops=-1.0"]),
+    (dict(window_start_tokens=64), ["window_start_tokens=64", "one 128-token block"]),
+    (dict(window_end_tokens=0), ["window_end_tokens=0"]),
+    (dict(model_dim=66, num_heads=3, num_kv_heads=3), ["model_dim=66", "head dim divisible by 4"]),
+    (dict(num_heads=3, num_kv_heads=3), ["num_heads=3", "heads must divide"]),
+    (dict(num_kv_heads=3, num_heads=2), ["num_kv_heads=3", "kv heads must divide"]),
+    (dict(num_layers=7), ["num_layers=7", "even"]),
+    (dict(num_layers=4), ["num_layers=4", ">= 6"]),
+    (dict(attention_free_layers="7,x"), ["attention_free_layers='7,x'", "comma-separated"]),
+    (dict(attention_free_layers="12"), ["no layer 12"]),
+    (dict(compile="yes"), ["compile='yes'", "auto, true, false"]),
+    (dict(compute_dtype="fp8"), ["compute_dtype='fp8'", "bfloat16"]),
+    (dict(sample_at_end=True, sample_prompts=" "), ["sample_prompts"]),
+    (dict(run_id="../outside"), ["run_id='../outside'", "letters"]),
+    (dict(run_id="/tmp/abs"), ["run_id='/tmp/abs'"]),
+    (dict(run_id=".hidden"), ["run_id='.hidden'"]),
+]
+
+
+@pytest.mark.parametrize("overrides,fragments", BAD_HYPERPARAMETERS, ids=[str(case[0]) for case in BAD_HYPERPARAMETERS])
+def test_bad_hyperparameters_are_refused_naming_the_field(tmp_path, overrides, fragments):
+    check_fails(good_run(tmp_path, **overrides), 2, *fragments)
+
+
+def test_hyperparameters_are_frozen_and_every_field_has_a_meaning():
+    args = train_gpt.Hyperparameters()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        args.num_iteratons = 5  # a typo cannot create a field
+    with pytest.raises(TypeError):
+        dataclasses.replace(args, num_iteratons=5)
+    for setting in dataclasses.fields(args):
+        assert len(setting.metadata["meaning"]) > 10, setting.name
+        assert setting.metadata["valid"] in (None, *train_gpt.RANGES), setting.name
+    # Every numeric field has a range (strings and booleans are checked by value where it matters).
+    unranged = [s.name for s in dataclasses.fields(args) if s.type in (int, float, "int", "float")
+                and s.metadata["valid"] is None]
+    assert unranged == []
+
+
+def test_help_prints_every_field_with_its_meaning():
+    result = subprocess.run([sys.executable, str(REPO / "train_gpt.py"), "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0
+    for setting in dataclasses.fields(train_gpt.Hyperparameters):
+        assert f"--{setting.name}=" in result.stdout
+        assert setting.metadata["meaning"] in result.stdout, setting.name
+
+
+def test_relative_pattern_matching_nothing_names_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    check_fails(good_run(tmp_path, train_files="nowhere/*.bin"), 2, "'nowhere/*.bin'", str(tmp_path), "train")
+
+
+def test_a_directory_matching_a_shard_pattern_is_refused(tmp_path):
+    (tmp_path / "data" / "train_000002.bin").parent.mkdir(exist_ok=True)
+    good_run(tmp_path)
+    (tmp_path / "data" / "train_000002.bin").mkdir()
+    check_fails(good_run(tmp_path), 2, str(tmp_path / "data" / "train_000002.bin"), "not a regular file")
+
+
+def test_run_outputs_are_checked_before_anything_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "logs").write_text("a file where the log folder should be")
+    with pytest.raises(train_gpt.InputError, match="cannot write logs into"):
+        train_gpt.check_run_outputs(good_run(tmp_path))
+    (tmp_path / "logs").unlink()
+    train_gpt.check_run_outputs(good_run(tmp_path, run_id="fresh"))
+    (tmp_path / "logs" / "old.txt").write_text("a finished run")
+    with pytest.raises(train_gpt.InputError, match="old.txt exists"):
+        train_gpt.check_run_outputs(good_run(tmp_path, run_id="old"))
+    (tmp_path / "logs" / "gone").mkdir()
+    (tmp_path / "logs" / "gone" / "step_000010.pt").write_bytes(b"a checkpoint whose log was deleted")
+    with pytest.raises(train_gpt.InputError, match="already holds checkpoints"):
+        train_gpt.check_run_outputs(good_run(tmp_path, run_id="gone"))
+    assert (tmp_path / "logs" / "old.txt").read_text() == "a finished run"
 
 
 def test_bad_shards_are_rejected_naming_the_file(tmp_path):
