@@ -21,8 +21,10 @@ def run_cli(*args):
                           capture_output=True, text=True, cwd=REPO, timeout=60)
 
 
-def table_row(stdout, name):
-    rows = [line.split("  ") for line in stdout.splitlines() if line.startswith(name + " ")]
+def table_row(stdout, name, table=0):
+    """The cells of the row for name in the per-log table (0) or the group table (1)."""
+    lines = stdout.split("\n\n")[table].splitlines()
+    rows = [line.split("  ") for line in lines if line.startswith(name + " ")]
     assert len(rows) == 1, stdout
     return [cell.strip() for cell in rows[0] if cell.strip()]
 
@@ -133,10 +135,10 @@ def test_cli_table_values():
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].split() == compare.TABLE_HEADER
     assert table_row(result.stdout, "project_h100_done") == [
-        "project_h100_done", "3.2785", "1390", "204.3s", "147.41ms", "1390/1390", "729M",
+        "project_h100_done", "3.2785", "1390", "204.3s", "147.41ms", "1390/1390", "729M", "-", "-",
         "NVIDIA H100 80GB HBM3 x1", "2.11.0+cu130", "done"]
     assert table_row(result.stdout, "project_cpu_truncated") == [
-        "project_cpu_truncated", "4.8812", "750", "1755.1s", "2188.40ms", "812/1390", "13M",
+        "project_cpu_truncated", "4.8812", "750", "1755.1s", "2188.40ms", "812/1390", "13M", "-", "-",
         "cpu x2", "2.13.0+cpu", "truncated"]
     assert table_row(result.stdout, "speedrun_010425_softcap_excerpt")[-3:] == [
         "NVIDIA H100 80GB HBM3 x8", "2.6.0.dev20241231+cu126", "done"]
@@ -158,7 +160,7 @@ def test_cli_bad_files_fail_but_others_print(tmp_path):
     assert f"{tmp_path}: Is a directory" in errors[3]
     assert "Traceback" not in result.stderr
     assert table_row(result.stdout, "project_nan_stop")[1:] == [
-        "10.8258", "0", "6.8s", "145.19ms", "57/1390", "30M", "NVIDIA H100 80GB HBM3 x1", "2.11.0+cu130", "crashed"]
+        "10.8258", "0", "6.8s", "145.19ms", "57/1390", "30M", "-", "-", "NVIDIA H100 80GB HBM3 x1", "2.11.0+cu130", "crashed"]
 
 
 def test_cli_plot_writes_png(tmp_path):
