@@ -454,6 +454,16 @@ def format_group_table(groups, target: float, baseline: str | None = None) -> st
     return aligned(rows)
 
 
+def print_report(named_summaries, groups, target: float, baseline: str | None = None) -> None:
+    """The per-log table, a blank line and the group table (which needs scipy)."""
+    print(format_table(named_summaries))
+    print()
+    if stats is None:
+        print("compare.py: the group table needs scipy (pip install scipy)", file=sys.stderr)
+    else:
+        print(format_group_table(groups, target, baseline))
+
+
 def plot_path_problem(out_path: str) -> str | None:
     """Why --plot cannot write out_path, or None: checked before any table is printed."""
     try:
@@ -570,12 +580,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
 
-    print(format_table(named_summaries))
-    print()
-    if stats is None:
-        print("compare.py: the group table needs scipy (pip install scipy)", file=sys.stderr)
-    else:
-        print(format_group_table(groups, target, args.baseline))
+    print_report(named_summaries, groups, target, args.baseline)
     if args.plot:
         plot_val_curves(named_summaries, groups, args.plot, args.target)
     return 1 if failed else 0
