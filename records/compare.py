@@ -252,7 +252,8 @@ def stitched_val_curve(summary: LogSummary) -> list[tuple[int, int, float]]:
     points = list(summary.val_curve)
     while summary.previous is not None:
         resumed_at = summary.resumed_at_step
-        points = [p for p in summary.previous.val_curve if p[0] <= resumed_at] + [p for p in points if p[0] > resumed_at]
+        earlier = [point for point in summary.previous.val_curve if point[0] <= resumed_at]
+        points = earlier + [point for point in points if point[0] > resumed_at]
         summary = summary.previous
     return points
 
@@ -474,7 +475,8 @@ def plot_path_problem(out_path: str) -> str | None:
     extension = path.suffix.lower().removeprefix(".")
     supported = matplotlib.figure.Figure().canvas.get_supported_filetypes()
     if extension not in supported:
-        return f"--plot {out_path}: matplotlib cannot write '.{extension}' files (it writes {', '.join(sorted(supported))})"
+        return (f"--plot {out_path}: matplotlib cannot write '.{extension}' files "
+                f"(it writes {', '.join(sorted(supported))})")
     if path.is_dir():
         return f"--plot {out_path}: is a directory"
     folder = path.parent
@@ -510,7 +512,8 @@ def plot_val_curves(named_summaries, groups, out_path, target: float | None = No
         for axis, x in ((by_time, mean_seconds), (by_step, shared_steps)):
             (line,) = axis.plot(x, mean_losses, marker=".", label=label)
             axis.fill_between(x, lows, highs, color=line.get_color(), alpha=0.2)
-        plotted_losses += [loss for step, low, high in zip(shared_steps, lows, highs) if step > 0 for loss in (low, high)]
+        plotted_losses += [loss for step, low, high in zip(shared_steps, lows, highs) if step > 0
+                           for loss in (low, high)]
     for name, summary in named_summaries:
         if summary.continued_by is not None or id(summary) in runs_in_bands:
             continue  # drawn as part of the run that resumed it, or in its group's band

@@ -180,7 +180,8 @@ def test_cli_bad_files_fail_but_others_print(tmp_path):
     assert f"{tmp_path}: Is a directory" in errors[3]
     assert "Traceback" not in result.stderr
     assert table_row(result.stdout, "project_nan_stop")[1:] == [
-        "10.8258", "0", "6.8s", "145.19ms", "57/1390", "30M", "-", "-", "NVIDIA H100 80GB HBM3 x1", "2.11.0+cu130", "crashed"]
+        "10.8258", "0", "6.8s", "145.19ms", "57/1390", "30M", "-", "-", "NVIDIA H100 80GB HBM3 x1", "2.11.0+cu130",
+        "crashed"]
 
 
 def test_cli_plot_writes_png(tmp_path):

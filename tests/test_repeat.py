@@ -2,6 +2,7 @@
 failure handling with a stand-in launcher; argument errors."""
 import importlib.util
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -62,7 +63,8 @@ def series(tmp_path_factory):
     write_shard(data / "train_000000.bin", synthetic_tokens(20000, seed=1))
     write_shard(data / "val_000000.bin", synthetic_tokens(4000, seed=3))
     workdir = tmp_path_factory.mktemp("work")
-    args = ["tiny", "--runs", "2", "--launcher", f"{sys.executable} {REPO / 'train_gpt.py'}", "--workdir", workdir,
+    launcher = shlex.join([sys.executable, str(REPO / "train_gpt.py")])
+    args = ["tiny", "--runs", "2", "--launcher", launcher, "--workdir", workdir,
             "--", *TINY_RUN, f"--train_files={data / 'train_*.bin'}", f"--val_files={data / 'val_*.bin'}"]
     return workdir, args, run_repeat(*args, cwd=workdir)
 
@@ -111,7 +113,7 @@ with open(Path("logs") / (args["run_id"] + ".txt"), "x") as log:
 def stand_in(tmp_path):
     """A launcher that writes a finished log at once, and fails for the seeds in --fail_seeds."""
     (tmp_path / "trainer.py").write_text(STAND_IN_TRAINER)
-    return ["--launcher", f"{sys.executable} trainer.py", "--workdir", tmp_path]
+    return ["--launcher", shlex.join([sys.executable, "trainer.py"]), "--workdir", tmp_path]
 
 
 def test_unfinished_log_is_set_aside_and_rerun(tmp_path, stand_in):
