@@ -243,6 +243,12 @@ def link_resumed_runs(named_summaries) -> None:
         # Where two folders hold a log of that id, the one beside the resumed log.
         same_folder = [(n, s) for n, s in candidates if s.path.parent == summary.path.parent]
         _, earlier = (same_folder or candidates)[0]
+        # Logs that resume each other (edited by hand) would make an endless curve: leave the closing link out.
+        ancestor = earlier
+        while ancestor is not None and ancestor is not summary:
+            ancestor = ancestor.previous
+        if ancestor is summary:
+            continue
         summary.previous = earlier
         earlier.continued_by = name
 

@@ -412,6 +412,16 @@ def test_resumed_pair_counts_as_one_run(tmp_path):
     assert [step for step, _, _ in compare.stitched_val_curve(resumed)] == [0, 25, 50, 75, 100]
 
 
+def test_logs_resuming_each_other_do_not_loop(tmp_path):
+    for name, other in (("a", "b"), ("b", "a")):
+        (tmp_path / f"{name}.txt").write_text(
+            "Running PyTorch 2.11.0+cu130 compiled for CUDA 13.0\n"
+            f"resumed: run {other} at step 2 from checkpoints/{other}/state_step000002_rank0.pt\n"
+            "step:4/4 val_loss:7.0000 train_time:600ms step_avg:150.00ms\n")
+    [group] = groups_of([tmp_path / "a.txt", tmp_path / "b.txt"])
+    assert [compare.stitched_val_curve(run) for run in group.runs] == [[(4, 600, 7.0)]]
+
+
 def test_resumed_log_alone_is_a_run_of_its_own():
     summary = compare.parse_log(FIXTURES / "pair_second.txt")
     assert (summary.resumed_run_id, summary.resumed_at_step) == ("pair_first", 30)
