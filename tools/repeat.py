@@ -1,0 +1,174 @@
+"""Run one configuration several times with different seeds, then summarize the runs as a group.
+
+    python tools/repeat.py NAME --runs N [options] [-- OVERRIDE ...]
+    python tools/repeat.py NAME --seeds 1,2,5 [options] [-- OVERRIDE ...]
+
+Runs the launcher once per seed, one run after another, each with
+--seed=SEED --run_id=NAME-sSEED and then the overrides after "--" (the same
+--name=value overrides run.sh and train_gpt.py take), so run SEED's log is
+WORKDIR/logs/NAME-sSEED.txt. At the end prints compare.py's per-log table
+and group table for the series' logs.
+
+    python tools/repeat.py lr04 --runs 5 -- --muon_lr=0.04
+
+Continuing an interrupted series: run the same command again. A seed whose
+log says "done" is skipped. A seed whose log exists but did not finish
+(crashed, stopped or truncated) has that log renamed to
+NAME-sSEED.incompleteK.txt (the first free K; logs are never overwritten)
+and runs again. A failed run (non-zero exit) is reported and the series
+goes on; the exit status is then 1.
+"""
+import argparse
+import importlib.util
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# records/ is not a package, so load compare.py from its path.
+_spec = importlib.util.spec_from_file_location("compare", REPO / "records" / "compare.py")
+compare = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(compare)
+
+NAME = re.compile(r"[A-Za-z0-9._-]+")
+SEED_LIST = re.compile(r"\d+(?:,\d+)*")
+
+
+class UsageError(ValueError):
+    """Arguments that cannot work: reported in one line, before anything runs."""
+
+
+def parse_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """(options, overrides): the overrides are everything after the first "--"."""
+    options, overrides = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    parser = argparse.ArgumentParser(prog="repeat.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", help="the series' name: letters, digits, '.', '_' and '-'; logs are NAME-sSEED.txt")
+    seeds = parser.add_mutually_exclusive_group(required=True)
+    seeds.add_argument("--runs", type=int, metavar="N", help="N runs, with seeds 0 to N-1")
+    seeds.add_argument("--seeds", metavar="LIST", help="comma-separated seeds, e.g. 1,2,5")
+    parser.add_argument("--launcher", default=str(REPO / "run.sh"),
+                        help="command that trains, split like a shell would (default: the repository's run.sh, "
+                             "which runs torchrun on the GPUs or the CPU demo, in the repository root); "
+                             'e.g. "python train_gpt.py"')
+    parser.add_argument("--workdir", type=Path, default=REPO,
+                        help="directory the launcher runs in; logs are read from WORKDIR/logs/ "
+                             "(default: the repository root, where run.sh writes them)")
+    parser.add_argument("--target", type=float, default=compare.TARGET_VAL_LOSS,
+                        help="val loss for the summary's p-value (default %(default)s)")
+    return parser.parse_args(options), overrides
+
+
+def checked_seeds(args: argparse.Namespace) -> list[int]:
+    if args.runs is not None:
+        if args.runs < 1:
+            raise UsageError(f"--runs {args.runs}: needs at least 1 run")
+        return list(range(args.runs))
+    if not SEED_LIST.fullmatch(args.seeds):
+        raise UsageError(f"--seeds {args.seeds!r}: expected comma-separated non-negative integers, e.g. 1,2,5")
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    if len(set(seeds)) < len(seeds):
+        raise UsageError(f"--seeds {args.seeds}: a seed appears twice")
+    return seeds
+
+
+def checked_launcher(launcher: str, workdir: Path) -> list[str]:
+    if not workdir.is_dir():
+        raise UsageError(f"--workdir {workdir}: not a directory")
+    words = shlex.split(launcher)
+    if not words:
+        raise UsageError("--launcher is empty")
+    program = words[0]
+    # A path is relative to the directory the launcher runs in; a bare name is looked up on PATH.
+    found = shutil.which(str(workdir / program)) if "/" in program else shutil.which(program)
+    if found is None:
+        raise UsageError(f"--launcher {launcher!r}: {program} is not an executable file (or not on PATH)")
+    return words
+
+
+def checked_overrides(overrides: list[str]) -> list[str]:
+    for override in overrides:
+        if override.startswith(("--seed=", "--run_id=")):
+            raise UsageError(f"{override}: repeat.py sets --seed and --run_id itself")
+    return overrides
+
+
+def set_aside(log: Path) -> Path:
+    """Renames an unfinished log to NAME-sSEED.incompleteK.txt with the first free K."""
+    k = 1
+    while (incomplete := log.with_name(f"{log.stem}.incomplete{k}.txt")).exists():
+        k += 1
+    log.rename(incomplete)
+    return incomplete
+
+
+def log_status(log: Path) -> str:
+    try:
+        return compare.parse_log(log).status
+    except compare.NotALogError:
+        return "not a training log yet"
+
+
+def main(argv=None) -> int:
+    args, overrides = parse_arguments(sys.argv[1:] if argv is None else argv)
+    try:
+        if not NAME.fullmatch(args.name):
+            raise UsageError(f"name {args.name!r}: use only letters, digits, '.', '_' and '-'")
+        seeds = checked_seeds(args)
+        overrides = checked_overrides(overrides)
+        launcher = checked_launcher(args.launcher, args.workdir)
+    except UsageError as error:
+        print(f"repeat.py: error: {error}", file=sys.stderr)
+        return 2
+
+    logs_dir = args.workdir / "logs"
+    failed_seeds = []
+    try:
+        for seed in seeds:
+            if not run_seed(args.name, seed, logs_dir, launcher + [f"--seed={seed}", f"--run_id={args.name}-s{seed}"]
+                            + overrides, args.workdir):
+                failed_seeds.append(seed)
+    except KeyboardInterrupt:
+        print("\nrepeat.py: interrupted; the same command continues the series", file=sys.stderr)
+        return 130
+
+    named_summaries = []
+    for seed in seeds:
+        log = logs_dir / f"{args.name}-s{seed}.txt"
+        try:
+            named_summaries.append((log.stem, compare.parse_log(log)))
+        except (OSError, compare.NotALogError) as error:
+            print(f"repeat.py: seed {seed}: no summary of {log} ({error})", file=sys.stderr)
+    if named_summaries:
+        print()
+        compare.link_resumed_runs(named_summaries)
+        compare.print_report(named_summaries, compare.group_runs(named_summaries), args.target)
+    if failed_seeds:
+        print(f"repeat.py: runs failed for seeds {', '.join(map(str, failed_seeds))}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_seed(name: str, seed: int, logs_dir: Path, command: list[str], workdir: Path) -> bool:
+    """Runs one seed unless its log says done; False if the run failed."""
+    log = logs_dir / f"{name}-s{seed}.txt"
+    if log.exists():
+        status = log_status(log)
+        if status == "done":
+            print(f"seed {seed}: done already, skipped", flush=True)
+            return True
+        print(f"seed {seed}: {log} did not finish ({status}); kept as {set_aside(log)}, running seed {seed} again",
+              flush=True)
+    print(f"seed {seed}: {shlex.join(command)}", flush=True)
+    returncode = subprocess.run(command, cwd=workdir).returncode
+    if returncode != 0:
+        print(f"seed {seed}: the run failed (exit status {returncode}); going on with the next seed", flush=True)
+    return returncode == 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
