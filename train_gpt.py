@@ -787,7 +787,10 @@ def environment_report(device: torch.device, world_size: int) -> str:
 
 
 def exit_on_input_error(error: InputError, rank: int):
-    """Every rank finds the same bad input; rank 0 says it once. No traceback: the message says what to do."""
+    """Every rank finds the same bad input; rank 0 says it once. No traceback: the message says what to do.
+    The other ranks wait a moment first: torchrun stops every rank as soon as one exits."""
+    if rank != 0:
+        time.sleep(3)
     raise SystemExit(f"error: {error}" if rank == 0 else 1)
 
 
@@ -868,8 +871,8 @@ def build_optimizers(model: GPT, args: Hyperparameters, rank: int, world_size: i
     scalars = [p for p in model.parameters() if p.ndim < 2]
     head = [model.lm_head.weight]
     groups = [hidden_matrices, embeddings, scalars, head]
-    assert sum(len(g) for g in groups) == len(list(model.parameters())) == len({id(p) for g in groups for p in g}), \
-        "every parameter must belong to exactly one optimizer group"
+    grouped_ids = [id(p) for g in groups for p in g]
+    assert sorted(grouped_ids) == sorted(id(p) for p in model.parameters()), "each parameter in exactly one group"
     device = model.lm_head.weight.device
     adam = torch.optim.Adam([dict(params=embeddings, lr=args.embed_lr), dict(params=head, lr=args.head_lr),
                              dict(params=scalars, lr=args.scalar_lr)],
@@ -982,7 +985,8 @@ class Training:
     timed_flops: float = 0.0
     clock_start: float | None = None  # time.perf_counter() while the clock runs
     pending: PendingLoss | None = None
-    stop_reason: str | None = None
+    stop_reason: str | None = None  # why the run cannot go on (a non-finite loss)
+    stop_requested: bool = False  # a rank received SIGINT or SIGTERM: stop after this step, resumable
     last_checkpoint_step: int | None = None
     last_val_loss: float | None = None
 
@@ -1139,7 +1143,7 @@ def train_step(run: Run, tr: Training, stop_requested: bool) -> PendingLoss:
     return PendingLoss(tr.step, host_values, ready, elapsed, elapsed / tr.timed_steps if tr.timed_steps else 0.0)
 
 
-def report_pending_loss(run: Run, tr: Training, signals: StopSignals | None = None):
+def report_pending_loss(run: Run, tr: Training):
     """Logs the step line of the step whose loss is on its way, and stops the run on a non-finite loss or a
     stop vote."""
     pending, tr.pending = tr.pending, None
@@ -1152,15 +1156,13 @@ def report_pending_loss(run: Run, tr: Training, signals: StopSignals | None = No
             f"train_time:{pending.train_time_ms:.0f}ms step_avg:{pending.step_avg_ms:.2f}ms", console=True)
     if tr.stop_reason is None and not math.isfinite(loss):
         tr.stop_reason = f"train loss is {loss} at step {pending.step}"
-    if tr.stop_reason is None and stop_votes > 0:
-        received = signals.received.name if signals and signals.received else "a stop signal on another rank"
-        tr.stop_reason = f"received {received} at step {tr.step}"
+    tr.stop_requested = tr.stop_requested or stop_votes > 0
 
 
 def train(run: Run, tr: Training, signals: StopSignals):
     """Validation when due, then one step, until the last step or a reason to stop."""
     args = run.args
-    while tr.stop_reason is None:
+    while tr.stop_reason is None and not tr.stop_requested:
         if tr.step - tr.first_step == args.timing_warmup_steps and tr.clock_start is None:
             synchronize(run)
             tr.clock_start = time.perf_counter()
@@ -1168,14 +1170,14 @@ def train(run: Run, tr: Training, signals: StopSignals):
         last_step = tr.step == args.num_iterations
         if last_step or (args.val_loss_every > 0 and tr.step % args.val_loss_every == 0):
             validate(run, tr)
-        if last_step or tr.stop_reason is not None:
+        if last_step or tr.stop_reason is not None or tr.stop_requested:
             break
         pending = train_step(run, tr, stop_requested=signals.received is not None)
-        report_pending_loss(run, tr, signals)  # the previous step's, which arrived while this one ran
+        report_pending_loss(run, tr)  # the previous step's, which arrived while this one ran
         tr.pending = pending
         if args.checkpoint_every > 0 and tr.step % args.checkpoint_every == 0 and tr.step < args.num_iterations:
             save_checkpoint(run, tr)
-    report_pending_loss(run, tr, signals)
+    report_pending_loss(run, tr)
 
 
 # -----------------------------------------------------------------------------
@@ -1296,18 +1298,19 @@ def finish(run: Run, tr: Training, signals: StopSignals) -> int:
     """The run's last words: why it stopped (with how to resume), or its figures, checkpoint and samples.
     Returns the exit status."""
     args = run.args
-    if (tr.stop_reason or "").startswith("received "):
+    if tr.stop_reason is not None:
+        run.log(f"stopping: {tr.stop_reason}", console=True)
+        return 1
+    if tr.stop_requested:
+        received = signals.received.name if signals.received is not None else "a stop signal on another rank"
         if args.checkpoint_every > 0:
             path = save_checkpoint(run, tr) if tr.last_checkpoint_step != tr.step else (
                 run.checkpoint_dir / f"step_{tr.step:06d}.pt")
             remedy = f"resume with --resume={path}"
         else:
             remedy = "no checkpoint (checkpoint_every=0), so it cannot be resumed"
-        run.log(f"stopping: {tr.stop_reason}; {remedy}; log: {run.log_path}", console=True)
+        run.log(f"stopping: received {received} at step {tr.step}; {remedy}; log: {run.log_path}", console=True)
         return 128 + signals.received if signals.received is not None else 1
-    if tr.stop_reason is not None:
-        run.log(f"stopping: {tr.stop_reason}", console=True)
-        return 1
     if run.on_gpu:
         memory = (f"peak memory allocated: {torch.cuda.max_memory_allocated(run.device) // 2**20} MiB "
                   f"reserved: {torch.cuda.max_memory_reserved(run.device) // 2**20} MiB")

@@ -1,6 +1,6 @@
 """GPT-2 tokenizer that works offline, and the .bin token shard format.
 
-Shard layout (SPEC section 5): a header of 256 little-endian int32
+Shard layout (DESIGN.md section 5): a header of 256 little-endian int32
 [magic 20240520, version 1, token count, 0, ...] followed by that many
 little-endian uint16 GPT-2 token ids.
 

@@ -454,8 +454,8 @@ def format_group_table(groups, target: float, baseline: str | None = None) -> st
                 row.append("-")
             else:
                 difference, low, high = welch_interval(times, baseline_times)
-                interval = "" if low is None else \
-                    f" [{format_seconds_difference(low)}, {format_seconds_difference(high)}]"
+                interval = ("" if low is None
+                            else f" [{format_seconds_difference(low)}, {format_seconds_difference(high)}]")
                 row.append(format_seconds_difference(difference) + interval)
         rows.append(row)
     return aligned(rows)

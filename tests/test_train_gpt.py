@@ -17,7 +17,7 @@ import train_gpt
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
-BLOCK = 128  # SPEC 3: FlexAttention's block size
+BLOCK = 128  # DESIGN.md 3: FlexAttention's block size
 
 
 # -----------------------------------------------------------------------------
@@ -105,7 +105,7 @@ def run_muon_ranks(tmp_path: Path, world_sizes=(1, 2)) -> dict[int, list[dict]]:
 
 
 def reference_muon(momenta=muon_worker.MOMENTA, nesterov=True):
-    """SPEC 4 written out: buf = m buf + (1-m) g; g = (1-m) g + m buf; p -= lr sqrt(max(1, r/c)) orth(g)."""
+    """DESIGN.md 4 written out: buf = m buf + (1-m) g; g = (1-m) g + m buf; p -= lr sqrt(max(1, r/c)) orth(g)."""
     params = muon_worker.make_params()
     buffers = [torch.zeros_like(p) for p in params]
     snapshots = []
@@ -140,7 +140,7 @@ def test_muon_two_ranks_equal_one_rank_bitwise(tmp_path):
     # Rank 1 owns the second parameter of each chunk of 2: positions 1, 3 of the five and 1 of the three.
     assert pair[1]["owned"] == [False, True, False, True, False, False, True, False, False]
 
-    # The steps are SPEC 4's Muon with the group's momentum of each step (0.6, 0.8, 0.95) and Nesterov:
+    # The steps are DESIGN.md 4's Muon with the group's momentum of each step (0.6, 0.8, 0.95) and Nesterov:
     # compare each step's update with the reference's, relative to its size (Frobenius, all parameters).
     def updates(snapshots):
         before = muon_worker.make_params()
