@@ -29,6 +29,6 @@ echo "No GPU: training a small demo model on the CPU with the bundled sample (da
 ./setup_cpu.sh
 exec .venv/bin/python train_gpt.py \
   --train_files='data/sample/sample_train_*.bin' --val_files='data/sample/sample_val_*.bin' \
-  --sequence_length=1024 --batch_size=4096 --val_tokens=16384 \
+  --sequence_length=512 --batch_size=1024 --val_tokens=4096 \
   --model_dim=128 --num_heads=2 --num_kv_heads=2 --mlp_dim=512 \
-  --num_iterations=50 --val_loss_every=25 --sample_at_end=true "$@"
+  --num_iterations=60 --val_loss_every=20 --sample_at_end=true "$@"

@@ -623,13 +623,13 @@ def check_run_inputs(args: Hyperparameters, world_size: int) -> tuple[list[str],
     train_tokens = [read_shard_header(path) for path in train_files]
     steps_available = sum(batch_count(tokens, args.batch_size) for tokens in train_tokens)
     if steps_available < args.num_iterations:
-        batches_per_shard = max(sum(batch_count(tokens, args.batch_size) for tokens in train_tokens) / len(train_files),
-                                1e-9)
-        shards_needed = math.ceil(args.num_iterations / batches_per_shard)
+        shards_needed = math.ceil(args.num_iterations * len(train_files) / max(steps_available, 1))
+        remedy = (f"about {shards_needed} such shards are needed (FineWeb: python data/cached_fineweb10B.py "
+                  f"{shards_needed})" if steps_available else "every shard is shorter than one batch (batch_size + 1 "
+                  "tokens): lower batch_size or use longer shards")
         raise InputError(f"train needs {args.num_iterations} steps of {args.batch_size:,} tokens (each step's batch "
                          f"from one shard) but the {len(train_files)} shard(s) matching {args.train_files!r} hold "
-                         f"{steps_available}; about {shards_needed} such shards are needed (FineWeb: "
-                         f"python data/cached_fineweb10B.py {shards_needed})")
+                         f"{steps_available}; {remedy}")
     global_micro_batch = world_size * args.sequence_length
     val_micro_batches = sum(batch_count(read_shard_header(path), global_micro_batch, last_target_optional=True)
                             for path in val_files)
@@ -1327,6 +1327,11 @@ def finish(run: Run, tr: Training, signals: StopSignals) -> int:
     return 0
 
 
+def collective_failed(error: Exception) -> bool:
+    """NCCL reports a failed or timed-out collective as a DistError; gloo as a RuntimeError from its transport."""
+    return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and "gloo" in str(error))
+
+
 def main(argv: list[str]) -> int:
     args = parse_hyperparameters(argv)
     try:
@@ -1353,15 +1358,15 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:  # before the signal handlers were installed
         run.log(f"stopping: interrupted {at_step()}; log: {run.log_path}", console=True)
         abandon(run, 130)
-    except dist.DistError as error:  # another rank died or stopped responding; it reports its own error
-        message = (f"stopping: rank {run.rank} lost its peers {at_step()} (another rank died or stopped responding): "
-                   f"{str(error).splitlines()[0][:300]}")
-        run.log(message)
-        print(message, file=sys.stderr, flush=True)
-        abandon(run, 1)
-    except Exception as error:  # a real bug: into the log for records/compare.py, then its traceback, once
-        run.log(f"stopping: {type(error).__name__}: {error} {at_step()}")
-        traceback.print_exc()
+    except Exception as error:
+        if collective_failed(error):  # another rank died or stopped responding; it reports its own error
+            message = (f"stopping: rank {run.rank} lost its peers {at_step()} (another rank died or stopped "
+                       f"responding): {str(error).splitlines()[0][:300]}")
+            run.log(message)
+            print(message, file=sys.stderr, flush=True)
+        else:  # a real bug: into the log for records/compare.py, then its traceback, once
+            run.log(f"stopping: {type(error).__name__}: {error} {at_step()}")
+            traceback.print_exc()
         abandon(run, 1)
 
 
