@@ -88,9 +88,9 @@ def phase_section(out: Path, phase: int, row: list[str] | None, requested: bool,
     status, rc, wall, limit = row[2], row[3], row[4], row[5]
     lines.append(f"status: **{status}**, wall {wall} s (limit {limit} s)")
     lines.append("")
-    if status != "ok":
-        tail = read(out / f"phase{phase}.log").splitlines()[-15:]
-        lines += ["last lines of the phase's console:", "", "```", *tail, "```", ""]
+    tail = read(out / f"phase{phase}.log").splitlines()[-15:]
+    if status != "ok" and tail:
+        lines += [f"last lines of the phase's console (phase{phase}.log):", "", "```", *tail, "```", ""]
     run_ids = [f"{prefix}-{name}" for name in RUNS[phase]]
     logs = [out / "logs" / f"{run_id}.txt" for run_id in run_ids if (out / "logs" / f"{run_id}.txt").is_file()]
     if phase != 3:  # compare.py once per finished phase (it takes seconds to start): kept in compare_phase<N>.txt
@@ -108,8 +108,8 @@ def phase_section(out: Path, phase: int, row: list[str] | None, requested: bool,
                      f"(here {launch_to_first_step(console)})")
         lines.append(f"- {first(r'^(checkpoint: .*)$', read(out / 'checkpoint.txt')) or 'checkpoint: no file'} "
                      "(deleted after the phase)")
-        lines.append(f"- resume check: {first(r'^(losses: .*)$', read(out / 'resume_check.txt')) or 'missing'} "
-                     "(resume_check.txt)")
+        lines.append(f"- resume check (resume_check.txt): "
+                     f"{first(r'^(losses: .*)$', read(out / 'resume_check.txt')) or 'missing'}")
     elif phase == 2:
         lines += speed_checks(first_log)
         lines.append("- reference: launch to first step 18 s with a warm compile cache")
