@@ -7,12 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from tests.shards import synthetic_tokens, write_shard
 
 REPO = Path(__file__).resolve().parent.parent
 REPEAT_PY = REPO / "tools" / "repeat.py"
-EOT = 50256
 
 _spec = importlib.util.spec_from_file_location("repeat", REPEAT_PY)
 repeat = importlib.util.module_from_spec(_spec)
@@ -22,26 +22,6 @@ _spec.loader.exec_module(repeat)
 # output layer.
 TINY_RUN = ["--sequence_length=512", "--batch_size=512", "--val_tokens=512", "--model_dim=64", "--num_heads=2",
             "--num_kv_heads=2", "--mlp_dim=256", "--num_iterations=2", "--val_loss_every=0"]
-
-
-# write_shard and synthetic_tokens as in tests/test_train_run.py
-def write_shard(path: Path, tokens):
-    header = np.zeros(256, dtype="<i4")
-    header[:3] = 20240520, 1, len(tokens)
-    path.write_bytes(header.tobytes() + np.asarray(tokens, dtype="<u2").tobytes())
-
-
-def synthetic_tokens(num_tokens: int, seed: int) -> np.ndarray:
-    """Documents of Zipf-distributed token ids below 2000, each starting with EOT: learnable (unigram)."""
-    rng = np.random.default_rng(seed)
-    pieces, total = [], 0
-    while total < num_tokens:
-        length = int(rng.integers(50, 400))
-        body = rng.zipf(1.3, size=length - 1)
-        body = np.where(body < 2000, body, rng.integers(1, 2000, size=length - 1))
-        pieces.append(np.concatenate([[EOT], body]))
-        total += length
-    return np.concatenate(pieces)[:num_tokens]
 
 
 def run_repeat(*args, cwd: Path, timeout: int = 150) -> subprocess.CompletedProcess:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 import train_gpt
+from tests.shards import write_shard
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -495,14 +496,6 @@ def test_learning_rate_at_every_step(iterations):
 
 # -----------------------------------------------------------------------------
 # Data loader and input checks
-
-
-def write_shard(path: Path, tokens, magic=20240520, version=1, header_tokens=None):
-    header = np.zeros(256, dtype="<i4")
-    header[:3] = magic, version, len(tokens) if header_tokens is None else header_tokens
-    with open(path, "wb") as f:
-        f.write(header.tobytes())
-        f.write(np.asarray(tokens, dtype="<u2").tobytes())
 
 
 def numbered_shards(tmp_path: Path, sizes) -> list[str]:

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 import train_gpt
+from tests.shards import synthetic_tokens, write_shard
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_GPT = REPO / "train_gpt.py"
-EOT = 50256
 
 _spec = importlib.util.spec_from_file_location("compare", REPO / "records" / "compare.py")
 compare = importlib.util.module_from_spec(_spec)
@@ -31,25 +31,6 @@ ITERATIONS = 12
 OVERRIDES = {"sequence_length": "256", "batch_size": "512", "val_tokens": "512", "model_dim": "64",
              "num_heads": "2", "num_kv_heads": "2", "mlp_dim": "256", "num_iterations": str(ITERATIONS),
              "val_loss_every": "6", "run_id": "test"}
-
-
-def write_shard(path: Path, tokens):
-    header = np.zeros(256, dtype="<i4")
-    header[:3] = 20240520, 1, len(tokens)
-    path.write_bytes(header.tobytes() + np.asarray(tokens, dtype="<u2").tobytes())
-
-
-def synthetic_tokens(num_tokens: int, seed: int) -> np.ndarray:
-    """Documents of Zipf-distributed token ids below 2000, each starting with EOT: learnable (unigram)."""
-    rng = np.random.default_rng(seed)
-    pieces, total = [], 0
-    while total < num_tokens:
-        length = int(rng.integers(50, 400))
-        body = rng.zipf(1.3, size=length - 1)
-        body = np.where(body < 2000, body, rng.integers(1, 2000, size=length - 1))
-        pieces.append(np.concatenate([[EOT], body]))
-        total += length
-    return np.concatenate(pieces)[:num_tokens]
 
 
 @pytest.fixture(scope="module")
@@ -225,8 +206,9 @@ def test_checkpoints_hold_the_complete_state(two_rank_run):
     assert state["rng_cpu"].dtype == torch.uint8
 
 
-def resume_and_compare(cwd: Path, data_dir: Path, reference_log: Path, checkpoint: str, run_id: str, ranks: int):
-    result = torchrun(cwd, arguments(data_dir, run_id=run_id, resume=checkpoint), ranks=ranks)
+def resume_and_compare(cwd: Path, data_dir: Path, reference_log: Path, checkpoint: str, run_id: str, ranks: int,
+                       **overrides):
+    result = torchrun(cwd, arguments(data_dir, run_id=run_id, resume=checkpoint, **overrides), ranks=ranks)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     resumed_log = cwd / "logs" / f"{run_id}.txt"
     return logged_losses(reference_log), logged_losses(resumed_log), resumed_log.read_text()
@@ -244,15 +226,16 @@ def test_resumed_two_rank_run_equals_the_uninterrupted_one_in_every_logged_loss(
 
 
 def test_resumed_one_rank_run_equals_the_uninterrupted_one(tmp_path, data_dir):
+    one_rank = dict(batch_size="256", val_tokens="256")  # one micro-batch per step, as on 2 ranks
     reference = torchrun(tmp_path, arguments(data_dir, run_id="whole", checkpoint_every="8",
-                                             timing_warmup_steps="2"), ranks=1)
+                                             timing_warmup_steps="2", **one_rank), ranks=1)
     assert reference.returncode == 0, reference.stderr[-3000:]
     saved_time = torch.load(tmp_path / "logs" / "whole" / "step_000008.pt", weights_only=True)["training_time_ms"]
     assert saved_time > 0
     # A fresh process from the checkpoint alone, and from the run's folder (its newest checkpoint).
     for run_id, checkpoint in (("from_file", "logs/whole/step_000008.pt"), ("from_folder", "logs/whole")):
         whole, resumed, log = resume_and_compare(tmp_path, data_dir, tmp_path / "logs" / "whole.txt", checkpoint,
-                                                 run_id, ranks=1)
+                                                 run_id, ranks=1, **one_rank)
         assert "resumed: run whole at step 8" in log
         assert sorted(resumed) == [("train_loss", s) for s in range(9, 13)] + [("val_loss", 12)]
         assert all(value == whole[key] for key, value in resumed.items()), (resumed, whole)
