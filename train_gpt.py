@@ -1036,8 +1036,6 @@ class StopSignals:
         name = signal.Signals(number).name
         if self.received is None:
             self.received, self.first_at = signal.Signals(number), time.monotonic()
-            if self.run.rank == 0:
-                print(f"{name}: stopping after this step; send it again to exit at once", file=sys.stderr, flush=True)
         elif time.monotonic() - self.first_at > 1.0:
             self.run.log(f"stopping: received a second {name} during step {self.current_step() + 1}: exited at "
                          "once, without a checkpoint", console=True)

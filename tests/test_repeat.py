@@ -102,11 +102,15 @@ def test_unfinished_log_is_set_aside_and_rerun(tmp_path, stand_in):
     partial = "Running PyTorch 2.13.0+cpu\ndevice: cpu x1\nstep:2/4 train_time:300ms step_av"
     (logs / "s-s1.txt").write_text(partial)
     (logs / "s-s1.incomplete1.txt").write_text("an earlier one")
+    (logs / "s-s1").mkdir()  # its checkpoints, which would make the trainer refuse the run id
+    (logs / "s-s1" / "step_000002.pt").write_bytes(b"checkpoint")
     result = run_repeat("s", "--seeds", "1,2", *stand_in, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "seed 1: " in result.stdout and "did not finish (truncated)" in result.stdout
     assert (logs / "s-s1.incomplete1.txt").read_text() == "an earlier one"
     assert (logs / "s-s1.incomplete2.txt").read_text() == partial
+    assert (logs / "s-s1.incomplete2" / "step_000002.pt").read_bytes() == b"checkpoint"
+    assert not (logs / "s-s1").exists()
     assert repeat.compare.parse_log(logs / "s-s1.txt").status == "done"
     assert group_row(result.stdout, "s")[1:4] == ["2", "0", "4.0150"]
 

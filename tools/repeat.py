@@ -14,7 +14,8 @@ and group table for the series' logs.
 Continuing an interrupted series: run the same command again. A seed whose
 log says "done" is skipped. A seed whose log exists but did not finish
 (crashed, stopped or truncated) has that log renamed to
-NAME-sSEED.incompleteK.txt (the first free K; logs are never overwritten)
+NAME-sSEED.incompleteK.txt, and its checkpoint folder to NAME-sSEED.incompleteK/
+(the first free K; logs are never overwritten)
 and runs again. A failed run (non-zero exit) is reported and the series
 goes on; the exit status is then 1.
 """
@@ -98,11 +99,16 @@ def checked_overrides(overrides: list[str]) -> list[str]:
 
 
 def set_aside(log: Path) -> Path:
-    """Renames an unfinished log to NAME-sSEED.incompleteK.txt with the first free K."""
+    """Renames an unfinished log to NAME-sSEED.incompleteK.txt with the first free K, and its checkpoint folder
+    NAME-sSEED/, if any, to NAME-sSEED.incompleteK/ (the trainer refuses a run id whose folder holds checkpoints)."""
     k = 1
-    while (incomplete := log.with_name(f"{log.stem}.incomplete{k}.txt")).exists():
+    while ((incomplete := log.with_name(f"{log.stem}.incomplete{k}.txt")).exists()
+           or log.with_name(f"{log.stem}.incomplete{k}").exists()):
         k += 1
     log.rename(incomplete)
+    checkpoints = log.with_suffix("")
+    if checkpoints.is_dir():
+        checkpoints.rename(incomplete.with_suffix(""))
     return incomplete
 
 
