@@ -235,8 +235,10 @@ done
 
 PREFIX="gpucheck-$(date +%Y%m%d-%H%M%S)"
 if [ "$dry_run" = 1 ]; then
-  TINY_STR="--sequence_length=256 --batch_size=256 --val_tokens=256 --model_dim=64 --num_heads=2 --num_kv_heads=2"
-  TINY_STR+=" --mlp_dim=128 --num_iterations=4 --val_loss_every=2 --timing_warmup_steps=1"
+  # One thread per process: on a small CPU, OpenMP threads spinning beside other processes slow a step ~6x.
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+  TINY_STR="--sequence_length=256 --batch_size=256 --val_tokens=256 --model_dim=32 --num_heads=2 --num_kv_heads=2"
+  TINY_STR+=" --mlp_dim=64 --num_iterations=4 --val_loss_every=0 --timing_warmup_steps=1"
   TINY_1_STR="--checkpoint_every=2" TINY_4_STR="--num_iterations=3" CKPT_STEP=2
   PROFILE_STR="--warmup_steps=1 --profile_steps=1 --at_step=0"
   limits=(0 "${LIMIT_1:-120}" "${LIMIT_2:-60}" "${LIMIT_3:-60}" "${LIMIT_4:-210}")
