@@ -726,6 +726,9 @@ class Run:
     def checkpoint_dir(self) -> Path:
         return self.log_path.parent / self.run_id
 
+    def checkpoint_path(self, step: int) -> Path:
+        return self.checkpoint_dir / f"step_{step:06d}.pt"
+
     def log(self, text: str, console: bool = False):
         """Rank 0 writes a line to the log (flushed, so a crash loses nothing) and, if asked, to the console."""
         if self.rank == 0:
@@ -1199,7 +1202,7 @@ def save_checkpoint(run: Run, tr: Training) -> Path:
             dist.broadcast(buffer, src=owner)
             if run.rank == 0:
                 momentum[names[id(param)]] = buffer.cpu()
-        path = run.checkpoint_dir / f"step_{tr.step:06d}.pt"
+        path = run.checkpoint_path(tr.step)
         if run.rank == 0:
             state = dict(format=CHECKPOINT_FORMAT, run_id=run.run_id, step=tr.step, world_size=run.world_size,
                          code=run.code, hyperparameters=dataclasses.asdict(run.args),
@@ -1302,8 +1305,7 @@ def finish(run: Run, tr: Training, signals: StopSignals) -> int:
     if tr.stop_requested:
         received = signals.received.name if signals.received is not None else "a stop signal on another rank"
         if args.checkpoint_every > 0:
-            path = save_checkpoint(run, tr) if tr.last_checkpoint_step != tr.step else (
-                run.checkpoint_dir / f"step_{tr.step:06d}.pt")
+            path = save_checkpoint(run, tr) if tr.last_checkpoint_step != tr.step else run.checkpoint_path(tr.step)
             remedy = f"resume with --resume={path}"
         else:
             remedy = "no checkpoint (checkpoint_every=0), so it cannot be resumed"

@@ -144,15 +144,22 @@ def jsonl_text(raw_line, encoding, text_column):
     return text_field(row, text_column)
 
 
+def checked_texts(items, text_of, place_of, bad_documents):
+    """text_of(item) for each item in order; an item for which it raises BadDocument goes to bad_documents, named
+    place_of(index), and is left out."""
+    for index, item in enumerate(items):
+        try:
+            text = text_of(item)
+        except BadDocument as error:
+            bad_documents.handle(place_of(index), error)
+            continue
+        yield text
+
+
 def jsonl_documents(path, encoding, text_column, bad_documents):
     with open_input(path) as f:
-        for line_number, raw_line in enumerate(f, 1):
-            try:
-                text = jsonl_text(raw_line, encoding, text_column)
-            except BadDocument as error:
-                bad_documents.handle(f"{path} line {line_number}", error)
-                continue
-            yield text
+        yield from checked_texts(f, lambda raw_line: jsonl_text(raw_line, encoding, text_column),
+                                 lambda index: f"{path} line {index + 1}", bad_documents)
 
 
 def parquet_documents(path, text_column, bad_documents):
@@ -171,13 +178,8 @@ def parquet_documents(path, text_column, bad_documents):
             values = parquet.read(columns=[text_column]).column(text_column).to_pylist()
         except (pyarrow.ArrowException, OSError) as error:
             raise DataError(f"{path}: not a readable parquet file ({error})") from error
-    for row_index, value in enumerate(values):
-        try:
-            text = text_value(value, text_column)
-        except BadDocument as error:
-            bad_documents.handle(f"{path} row index {row_index}", error)
-            continue
-        yield text
+    yield from checked_texts(values, lambda value: text_value(value, text_column),
+                             lambda index: f"{path} row index {index}", bad_documents)
 
 
 def local_documents(paths, args, bad_documents):
@@ -203,17 +205,8 @@ def hub_documents(dataset, config, split, text_column, shuffle_seed, bad_documen
     if shuffle_seed is not None:
         # The stream is too big to shuffle in memory; a buffered shuffle mixes neighbours.
         stream = stream.shuffle(seed=shuffle_seed, buffer_size=10_000)
-
-    def texts():
-        for row_index, row in enumerate(stream):
-            try:
-                text = text_field(row, text_column)
-            except BadDocument as error:
-                bad_documents.handle(f"{dataset} row index {row_index}", error)
-                continue
-            yield text
-
-    return texts()
+    return checked_texts(stream, lambda row: text_field(row, text_column),
+                         lambda index: f"{dataset} row index {index}", bad_documents)
 
 
 _encoding = None  # one per worker process
