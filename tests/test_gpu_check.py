@@ -105,12 +105,41 @@ def test_union_length_merges_overlapping_kernels():
     assert profile_step.union_length([(0, 10), (5, 15), (20, 30), (21, 22)]) == 25
 
 
-def script_environment(out: Path) -> dict:
-    bin_dir = Path(sys.executable).parent
-    torchrun = bin_dir / "torchrun"
-    return dict(os.environ, OUT=str(out), PYTHON=sys.executable,
-                TORCHRUN=str(torchrun) if torchrun.exists() else f"{sys.executable} -m torch.distributed.run",
-                PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+def script_environment(out: Path, bin_dir: Path = None) -> dict:
+    """No PYTHON or TORCHRUN: the script finds them, as on the GPU machine; bin_dir (default: this
+    interpreter's) comes first on PATH."""
+    environment = {name: value for name, value in os.environ.items() if name not in ("PYTHON", "TORCHRUN")}
+    bin_dir = bin_dir or Path(sys.executable).parent
+    return dict(environment, OUT=str(out), PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+def write_executable(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize("python3_has_torch", [True, False])
+def test_the_python_that_imports_torch_runs_everything(tmp_path, python3_has_torch):
+    """A `python` without torch earlier on PATH (as on an image with a system python) is passed over for the
+    python3 that has torch, and torchrun is that interpreter's; with neither, one error line says the remedy."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    write_executable(bin_dir / "python", "#!/bin/sh\nexit 1\n")
+    write_executable(bin_dir / "python3", f'#!/bin/sh\nexec {sys.executable} "$@"\n' if python3_has_torch
+                     else "#!/bin/sh\nexit 1\n")
+    out = tmp_path / "out"
+    env = script_environment(out, bin_dir)
+    done = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--workdir", str(tmp_path / "work"), "2",
+                           str(REPO / "data/sample")], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    if python3_has_torch:
+        config = (out / "config.txt").read_text()
+        assert f"python={bin_dir / 'python3'}\n" in config
+        assert f"torchrun={bin_dir / 'python3'} -m torch.distributed.run\n" in config
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "| 2 speed protocol | ok |" in (out / "summary.md").read_text()
+    else:
+        assert done.returncode == 2 and not out.exists()
+        assert done.stderr == "error: neither python3 nor python on PATH imports torch; set PYTHON=/path/to/python\n"
 
 
 def test_help_and_bad_arguments(tmp_path):

@@ -27,8 +27,9 @@
 # each line prefixed by its epoch time; first line "# launch <epoch>"), versions.txt, nvidia-smi.txt,
 # resume_check.txt, profile.txt, compare_phase<N>.txt. Each phase runs under its own `timeout`; a failed
 # or timed-out phase is recorded (exit status, last lines) and the next one runs.
-# Environment: TORCHRUN (default torchrun), PYTHON (default python, else python3), LIMIT_1 .. LIMIT_4
-# (seconds per phase; defaults 270, 180, 150, 510, in a dry run 120, 60, 60, 210).
+# Environment: PYTHON (default: python3, else python, the first that imports torch), TORCHRUN (default:
+# $PYTHON -m torch.distributed.run), LIMIT_1 .. LIMIT_4 (seconds per phase; defaults 270, 180, 150, 510,
+# in a dry run 120, 60, 60, 210).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -203,13 +204,27 @@ if [ ! -d "$data_dir" ]; then
   exit 2
 fi
 data_dir=$(cd "$data_dir" && pwd)
+# The interpreter that has PyTorch: on the GPU image that is python3, and a `python` there may be another one.
+python_with_torch() {
+  local name
+  for name in python3 python; do
+    if command -v "$name" > /dev/null && "$name" -c 'import torch' 2> /dev/null; then
+      command -v "$name"
+      return 0
+    fi
+  done
+  return 1
+}
+if [ -z "${PYTHON:-}" ] && ! PYTHON=$(python_with_torch); then
+  echo "error: neither python3 nor python on PATH imports torch; set PYTHON=/path/to/python" >&2
+  exit 2
+fi
+TORCHRUN=${TORCHRUN:-"$PYTHON -m torch.distributed.run"}  # torchrun of that interpreter, on PATH or not
 mkdir -p "$WORKDIR"
 WORKDIR=$(cd "$WORKDIR" && pwd)
 OUT=${OUT:-./gpu_check_out}
 mkdir -p "$OUT/logs"
 OUT=$(cd "$OUT" && pwd)
-TORCHRUN=${TORCHRUN:-torchrun}
-PYTHON=${PYTHON:-$(command -v python || command -v python3 || echo python)}
 
 for packed in "$data_dir"/*.bin.xz; do
   if [ -e "$packed" ] && [ ! -e "${packed%.xz}" ]; then
@@ -257,6 +272,8 @@ names=(- "smoke, checkpoint and resume" "speed protocol" "profile" "quality prot
   echo "phases=$phases"
   echo "data=$TRAIN_GLOB $VAL_GLOB"
   echo "workdir=$WORKDIR"
+  echo "python=$PYTHON"
+  echo "torchrun=$TORCHRUN"
   echo "started=$(date -Is)"
 } > "$OUT/config.txt"
 : > "$OUT/phases.tsv"
