@@ -118,28 +118,24 @@ def write_executable(path: Path, text: str) -> None:
     path.chmod(0o755)
 
 
-@pytest.mark.parametrize("python3_has_torch", [True, False])
-def test_the_python_that_imports_torch_runs_everything(tmp_path, python3_has_torch):
-    """A `python` without torch earlier on PATH (as on an image with a system python) is passed over for the
-    python3 that has torch, and torchrun is that interpreter's; with neither, one error line says the remedy."""
+def image_like_bin(tmp_path: Path, python3_has_torch: bool = True) -> Path:
+    """A bin folder as on an image with a system `python` that lacks torch: only python3 (this interpreter)
+    may have it."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     write_executable(bin_dir / "python", "#!/bin/sh\nexit 1\n")
     write_executable(bin_dir / "python3", f'#!/bin/sh\nexec {sys.executable} "$@"\n' if python3_has_torch
                      else "#!/bin/sh\nexit 1\n")
+    return bin_dir
+
+
+def test_no_python_that_imports_torch_is_one_error_before_anything_is_written(tmp_path):
     out = tmp_path / "out"
-    env = script_environment(out, bin_dir)
-    done = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--workdir", str(tmp_path / "work"), "2",
-                           str(REPO / "data/sample")], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
-    if python3_has_torch:
-        config = (out / "config.txt").read_text()
-        assert f"python={bin_dir / 'python3'}\n" in config
-        assert f"torchrun={bin_dir / 'python3'} -m torch.distributed.run\n" in config
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        assert "| 2 speed protocol | ok |" in (out / "summary.md").read_text()
-    else:
-        assert done.returncode == 2 and not out.exists()
-        assert done.stderr == "error: neither python3 nor python on PATH imports torch; set PYTHON=/path/to/python\n"
+    done = subprocess.run(["bash", str(SCRIPT), "--dry-run", "1", str(REPO / "data/sample")], capture_output=True,
+                          text=True, env=script_environment(out, image_like_bin(tmp_path, python3_has_torch=False)),
+                          cwd=tmp_path, timeout=60)
+    assert done.returncode == 2 and not out.exists()
+    assert done.stderr == "error: neither python3 nor python on PATH imports torch; set PYTHON=/path/to/python\n"
 
 
 def test_help_and_bad_arguments(tmp_path):
@@ -170,13 +166,18 @@ def repository_state() -> tuple:
 
 
 def test_dry_run_of_every_phase(tmp_path):
-    out, workdir = tmp_path / "out", tmp_path / "work"
+    """Also: the `python` without torch that comes first on PATH is passed over for python3, and torchrun
+    is python3's module."""
+    out, workdir, bin_dir = tmp_path / "out", tmp_path / "work", image_like_bin(tmp_path)
     before = repository_state()
     done = subprocess.run([str(SCRIPT), "--dry-run", "--workdir", str(workdir), "1,2,3,4", str(REPO / "data/sample")],
-                          capture_output=True, text=True, env=script_environment(out), cwd=tmp_path, timeout=600)
+                          capture_output=True, text=True, env=script_environment(out, bin_dir), cwd=tmp_path,
+                          timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    prefix = next(line.split("=", 1)[1] for line in (out / "config.txt").read_text().splitlines()
-                  if line.startswith("prefix="))
+    config = dict(line.split("=", 1) for line in (out / "config.txt").read_text().splitlines())
+    assert config["python"] == str(bin_dir / "python3")
+    assert config["torchrun"] == f"{bin_dir / 'python3'} -m torch.distributed.run"
+    prefix = config["prefix"]
     expected = ["summary.md", "phases.tsv", "config.txt", "versions.txt", "nvidia-smi.txt", "resume_check.txt",
                 "checkpoint.txt", "profile.txt"] + [f"phase{phase}.log" for phase in range(1, 5)]
     for run in ("smoke", "resume", "speed", "profile", "quality-s1", "quality-s2"):
