@@ -113,19 +113,16 @@ def script_environment(out: Path, bin_dir: Path = None) -> dict:
     return dict(environment, OUT=str(out), PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
-def write_executable(path: Path, text: str) -> None:
-    path.write_text(text)
-    path.chmod(0o755)
-
-
 def image_like_bin(tmp_path: Path, python3_has_torch: bool = True) -> Path:
     """A bin folder as on an image with a system `python` that lacks torch: only python3 (this interpreter)
     may have it."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    write_executable(bin_dir / "python", "#!/bin/sh\nexit 1\n")
-    write_executable(bin_dir / "python3", f'#!/bin/sh\nexec {sys.executable} "$@"\n' if python3_has_torch
-                     else "#!/bin/sh\nexit 1\n")
+    without_torch = "#!/bin/sh\nexit 1\n"
+    python3 = f'#!/bin/sh\nexec {sys.executable} "$@"\n' if python3_has_torch else without_torch
+    for name, script in (("python", without_torch), ("python3", python3)):
+        (bin_dir / name).write_text(script)
+        (bin_dir / name).chmod(0o755)
     return bin_dir
 
 
