@@ -1252,6 +1252,18 @@ def find_checkpoint(resume: str, warn) -> tuple[Path, dict]:
     return path, load_checkpoint(path)
 
 
+def code_difference(saved: str, current: str) -> str | None:
+    """How the code that wrote a checkpoint differs from this file's, for the resume warning; None if equal."""
+    if saved == current:
+        return None
+    # The two header lines ("--- ", "+++ ") go; the rest is hunk lines ("@@") and changed lines ("-", "+").
+    diff = list(difflib.unified_diff(saved.splitlines(), current.splitlines(), lineterm="", n=0))[2:]
+    differences = [line for line in diff if line[:1] in "+-"]
+    if not differences:  # splitlines() sees no difference
+        return "only line endings or the final newline differ"
+    return f"{len(differences)} line(s) differ, the first: {differences[0][:150]!r}"
+
+
 def resume_from_checkpoint(run: Run, model: GPT, adam: torch.optim.Adam, muon: Muon) -> dict:
     """Loads the checkpoint into model and optimizers after checking that it continues this run's math;
     returns the progress it holds (step, clock)."""
@@ -1279,12 +1291,9 @@ def resume_from_checkpoint(run: Run, model: GPT, adam: torch.optim.Adam, muon: M
     torch.set_rng_state(checkpoint["rng_cpu"].clone())
     if run.on_gpu and checkpoint["rng_cuda"] is not None:
         torch.cuda.set_rng_state(checkpoint["rng_cuda"].clone(), run.device)
-    if checkpoint["code"] != run.code:
-        differences = [line for line in difflib.unified_diff(checkpoint["code"].splitlines(), run.code.splitlines(),
-                                                             lineterm="", n=0)
-                       if line[:1] in "+-" and not line.startswith(("+++", "---"))]
-        run.log(f"warning: {path} was written by other code: {len(differences)} line(s) differ, the first: "
-                f"{differences[0][:150]!r}", console=True)
+    difference = code_difference(checkpoint["code"], run.code)
+    if difference is not None:
+        run.log(f"warning: {path} was written by other code: {difference}", console=True)
     run.log(f"resumed: run {checkpoint['run_id']} at step {checkpoint['step']} from {path} (written on "
             f"{checkpoint['world_size']} rank(s), now {run.world_size})", console=True)
     return dict(step=checkpoint["step"], training_time_ms=checkpoint["training_time_ms"],

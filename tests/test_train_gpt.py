@@ -804,3 +804,23 @@ def test_parse_hyperparameters():
         with pytest.raises(SystemExit) as error:
             train_gpt.parse_hyperparameters(argv)
         assert fragment in str(error.value.code), (argv, error.value.code)
+
+
+# -----------------------------------------------------------------------------
+# The resume warning about other code
+
+CODE = "a = 1\nb = 2\nc = 3\n"  # this file's code; each case is the code that wrote the checkpoint
+CODE_CHANGES = {
+    "same": (CODE, None),
+    "one line changed": (CODE.replace("b = 2", "b = 5"), "2 line(s) differ, the first: '-b = 5'"),
+    "one line added since": (CODE.replace("c = 3\n", ""), "1 line(s) differ, the first: '+c = 3'"),
+    "one line removed since": (CODE + "d = 4\n", "1 line(s) differ, the first: '-d = 4'"),
+    "removed line that starts with --": ("--x\n" + CODE, "1 line(s) differ, the first: '---x'"),
+    "final newline only": (CODE.rstrip("\n"), "only line endings or the final newline differ"),
+    "line endings only": (CODE.replace("\n", "\r\n"), "only line endings or the final newline differ"),
+}
+
+
+@pytest.mark.parametrize("saved,expected", CODE_CHANGES.values(), ids=CODE_CHANGES.keys())
+def test_code_difference_names_the_first_changed_line(saved, expected):
+    assert train_gpt.code_difference(saved, CODE) == expected
