@@ -1108,10 +1108,11 @@ def validate(run: Run, tr: Training):
             tr.stop_reason = tr.stop_reason or f"val loss is {val_loss} at step {tr.step}"
 
 
-def train_step(run: Run, tr: Training, stop_requested: bool) -> PendingLoss:
+def train_step(run: Run, tr: Training, stop_requested: bool):
     """One optimizer step: this rank's micro-batches with gradient accumulation (DDP all-reduces once, at the
     last), the schedules, both optimizers. The loss and the stop vote are all-reduced and start their way to the
-    host, so every rank learns the same thing at the same step."""
+    host, so every rank learns the same thing at the same step; the previous step's, which arrived while this
+    one ran, is reported."""
     args = run.args
     step_loss = torch.zeros((), device=run.device)
     micro_batches = next(tr.batches)
@@ -1141,7 +1142,9 @@ def train_step(run: Run, tr: Training, stop_requested: bool) -> PendingLoss:
         tr.timed_flops += step_flops(args, window_blocks_at(tr.step, args))
     tr.step += 1
     elapsed = train_time_ms(tr)
-    return PendingLoss(tr.step, host_values, ready, elapsed, elapsed / tr.timed_steps if tr.timed_steps else 0.0)
+    pending = PendingLoss(tr.step, host_values, ready, elapsed, elapsed / tr.timed_steps if tr.timed_steps else 0.0)
+    report_pending_loss(run, tr)  # the previous step's, which arrived while this one ran
+    tr.pending = pending
 
 
 def report_pending_loss(run: Run, tr: Training):
@@ -1173,9 +1176,7 @@ def train(run: Run, tr: Training, signals: StopSignals):
             validate(run, tr)
         if last_step or tr.stop_reason is not None or tr.stop_requested:
             break
-        pending = train_step(run, tr, stop_requested=signals.received is not None)
-        report_pending_loss(run, tr)  # the previous step's, which arrived while this one ran
-        tr.pending = pending
+        train_step(run, tr, stop_requested=signals.received is not None)
         if args.checkpoint_every > 0 and tr.step % args.checkpoint_every == 0 and tr.step < args.num_iterations:
             save_checkpoint(run, tr)
     report_pending_loss(run, tr)

@@ -6,7 +6,7 @@
 
 Builds the run with the trainer's own setup() and build_training(), runs --warmup_steps steps (they compile),
 times --profile_steps steps without the profiler, then profiles --profile_steps more, each step exactly as
-train_gpt.train() runs it (train_step, then report_pending_loss of the step before). No validation.
+train_gpt.train() runs it (train_step, which also reports the step before's loss). No validation.
 Every other --name=value is a trainer override (python train_gpt.py --help); a --run_id gives the log a name.
 
 Prints, and writes to --out: per kernel class (first matching regex of KERNEL_CLASSES, on the kernel
@@ -89,9 +89,7 @@ def run_steps(run, tr, count: int):
     """count steps exactly as train_gpt.train() runs them (no validation, no checkpoints)."""
     for _ in range(count):
         tr.window_blocks.fill_(train_gpt.window_blocks_at(tr.step, run.args))
-        pending = train_gpt.train_step(run, tr, stop_requested=False)
-        train_gpt.report_pending_loss(run, tr)  # the previous step's, which arrived while this one ran
-        tr.pending = pending
+        train_gpt.train_step(run, tr, stop_requested=False)
 
 
 def timed_steps(run, tr, count: int) -> float:
