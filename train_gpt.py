@@ -529,8 +529,8 @@ class Hyperparameters:
     seed: int = setting(0, "seed of the initial weights and of the samples", "non_negative")
 
 
-# Fields that leave the trained weights unchanged: a resumed run may change them, and repeated runs of one
-# configuration differ in them (records/compare.py groups runs the same way).
+# Fields that leave the trained weights unchanged: a resumed run may change them. (records/compare.py groups
+# repeated runs by a narrower set, FIELDS_IGNORED_FOR_GROUPING: data, validation and compilation still split.)
 BOOKKEEPING_FIELDS = ("val_loss_every", "timing_warmup_steps", "run_id", "save_checkpoint", "checkpoint_every",
                       "keep_checkpoints", "resume", "force_resume", "sample_at_end", "sample_prompts",
                       "sample_tokens", "compile", "coordinate_descent_tuning", "peak_tflops",
