@@ -103,7 +103,6 @@ phase1() {
     echo "no checkpoint $checkpoint: no resume"
     [ "$rc" -ne 0 ] || rc=1
   fi
-  rm -rf "$WORKDIR/logs/$smoke" "$WORKDIR/logs/$resumed"  # a few GB: never kept, never copied
   local a="$OUT/logs/$smoke.txt" b="$OUT/logs/$resumed.txt" verdict
   {
     echo "resume check: $smoke (uninterrupted) vs $resumed (resumed from its step-$CKPT_STEP checkpoint)"
@@ -309,7 +308,8 @@ for phase in ${phases//,/ }; do
   for log in "$WORKDIR"/logs/"$PREFIX"-*.txt; do  # also the logs of runs the timeout killed
     if [ -f "$log" ] && [ ! -e "$OUT/logs/$(basename "$log")" ]; then cp "$log" "$OUT/logs/"; fi
   done
-  rm -rf "$WORKDIR/logs/$PREFIX-smoke" "$WORKDIR/logs/$PREFIX-resume"  # checkpoints, also after a timeout
+  # Phase 1's checkpoints (a few GB): never kept, never copied; removed here also after a timeout.
+  rm -rf "$WORKDIR/logs/$PREFIX-smoke" "$WORKDIR/logs/$PREFIX-resume"
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$phase" "${names[$phase]}" "$status" "$rc" "$wall" "$limit" >> "$OUT/phases.tsv"
   echo "=== [$(date +%T)] phase $phase: $status in ${wall}s"
   if [ "$rc" -ne 0 ]; then tail -n 20 "$OUT/phase$phase.log"; fi

@@ -85,7 +85,7 @@ def phase_section(out: Path, phase: int, row: list[str] | None, requested: bool,
     if row is None:
         lines.append("status: " + ("not run yet (or running)" if requested else "not run") + "\n")
         return lines
-    status, rc, wall, limit = row[2], row[3], row[4], row[5]
+    status, wall, limit = row[2], row[4], row[5]
     lines.append(f"status: **{status}**, wall {wall} s (limit {limit} s)")
     lines.append("")
     tail = read(out / f"phase{phase}.log").splitlines()[-15:]
