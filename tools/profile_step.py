@@ -151,12 +151,11 @@ def collect(events, on_gpu: bool):
         for e in events:
             if e.device_type != DeviceType.CPU or e.is_async or e.self_cpu_time_total <= 0:
                 continue
-            counters = (muon_us, muon_count) if inside_scope(e, MUON_SCOPE) else (total_us, total_count)
-            counters[0][e.name] += e.self_cpu_time_total
-            counters[1][e.name] += 1
-            if counters[0] is muon_us:  # total_* holds every operator, as on the GPU
-                total_us[e.name] += e.self_cpu_time_total
-                total_count[e.name] += 1
+            total_us[e.name] += e.self_cpu_time_total  # total_* holds every operator, as on the GPU
+            total_count[e.name] += 1
+            if inside_scope(e, MUON_SCOPE):
+                muon_us[e.name] += e.self_cpu_time_total
+                muon_count[e.name] += 1
         busy = sum(total_us.values())
     rows = []
     for name in total_us:
