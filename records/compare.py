@@ -358,20 +358,25 @@ def welch_interval(times: list[float], baseline_times: list[float]) -> tuple[flo
     return difference, float(interval.low), float(interval.high)
 
 
-def format_count(count: int) -> str:
+def in_units(number: float) -> tuple[float, str]:
+    """number in the largest unit it reaches: 3547210 -> (3.54721, "M"); below a thousand (number, "")."""
     for threshold, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if count >= threshold:
-            # one decimal for billions (1.2B), whole numbers below (729M)
-            return f"{count / threshold:.1f}{suffix}" if suffix == "B" else f"{count / threshold:.0f}{suffix}"
-    return str(count)
+        if number >= threshold:
+            return number / threshold, suffix
+    return number, ""
+
+
+def format_count(count: int) -> str:
+    value, suffix = in_units(count)
+    # one decimal for billions (1.2B), whole numbers below (729M)
+    return f"{value:.1f}{suffix}" if suffix == "B" else f"{value:.0f}{suffix}"
 
 
 def format_rate(rate: int) -> str:
-    """Three significant digits: 3547210 -> 3.55M, 35500 -> 35.5K."""
-    for threshold, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if rate >= threshold:
-            return f"{rate / threshold:.3g}{suffix}"
-    return str(rate)
+    """Three significant digits: 3547210 -> 3.55M, 35500 -> 35.5K. Rounded before the unit is chosen, so
+    999999 -> 1M, not 1e+03K."""
+    value, suffix = in_units(float(f"{rate:.3g}"))
+    return f"{value:.3g}{suffix}"
 
 
 def known(value, fmt) -> str:

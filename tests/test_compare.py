@@ -350,7 +350,8 @@ def test_cli_unknown_baseline(tmp_path):
 
 # ---------------------------------------------------------------- throughput, stops, resumed runs
 
-@pytest.mark.parametrize("rate, text", [(3547210, "3.55M"), (35500, "35.5K"), (1_234_000_000, "1.23B"), (512, "512")])
+@pytest.mark.parametrize("rate, text", [(3547210, "3.55M"), (35500, "35.5K"), (1_234_000_000, "1.23B"), (512, "512"),
+                                        (999_499, "999K"), (999_999, "1M"), (999_999_999, "1B")])
 def test_format_rate(rate, text):
     assert compare.format_rate(rate) == text
 
