@@ -52,11 +52,16 @@ def arguments(data_dir: Path, **overrides):
     return [f"--{name}={value}" for name, value in values.items()]
 
 
+def run_in_background(command: list[str], cwd: Path) -> subprocess.Popen:
+    """Starts command in its own session, so that its whole process group (torchrun's workers too) can be killed."""
+    return subprocess.Popen(command, cwd=cwd, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
 def run(command: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess:
-    """Runs command in its own session; on timeout kills its whole process group (torchrun's workers too)
-    and fails with the output so far, instead of leaving ranks behind."""
-    process = subprocess.Popen(command, cwd=cwd, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+    """Runs command to its end; on timeout kills its whole process group and fails with the output so far,
+    instead of leaving ranks behind."""
+    process = run_in_background(command, cwd)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -68,19 +73,13 @@ def run(command: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProc
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
-def torchrun(cwd: Path, args: list[str], ranks: int = 2, timeout: int = 120):
-    return run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
-                str(TRAIN_GPT), *args], cwd, timeout)
-
-
-def run_in_background(command: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(command, cwd=cwd, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-
-
 def torchrun_command(args: list[str], ranks: int = 2) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
             str(TRAIN_GPT), *args]
+
+
+def torchrun(cwd: Path, args: list[str], ranks: int = 2, timeout: int = 120):
+    return run(torchrun_command(args, ranks), cwd, timeout)
 
 
 STEP_RESULT = re.compile(r"^step:(\d+)/\d+ (train_loss|val_loss):(\S+) ", re.MULTILINE)
