@@ -1,5 +1,5 @@
-"""tools/gpu_check.sh in its dry run (every phase on the CPU with a tiny model, every file it writes), and the
-kernel classification of tools/profile_step.py."""
+"""tools/gpu_check.sh in its dry run (every phase on the CPU with a tiny model, every file it writes), the
+kernel classification of tools/profile_step.py, and tools/gpu_check_summary.py's speed flag."""
 import importlib.util
 import os
 import shutil
@@ -15,6 +15,9 @@ SCRIPT = REPO / "tools" / "gpu_check.sh"
 _spec = importlib.util.spec_from_file_location("profile_step", REPO / "tools" / "profile_step.py")
 profile_step = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(profile_step)
+_spec = importlib.util.spec_from_file_location("gpu_check_summary", REPO / "tools" / "gpu_check_summary.py")
+summary = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(summary)
 
 # Realistic names: CUDA kernels as the profiler reports them (cuBLAS, cuDNN, Inductor's Triton, NCCL, ATen)
 # and, for the CPU path, ATen operators.
@@ -194,11 +197,6 @@ def test_dry_run_of_every_phase(tmp_path):
     assert list(tmp_path.rglob("*.pt")) == []  # checkpoints deleted
     assert repository_state() == before
     shutil.rmtree(workdir)
-
-
-_spec = importlib.util.spec_from_file_location("gpu_check_summary", REPO / "tools" / "gpu_check_summary.py")
-summary = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(summary)
 
 
 @pytest.mark.parametrize("card,step_avg,flag", [("NVIDIA H200", "1090.00", "ok"), ("NVIDIA H200", "1150.00", "check"),
