@@ -15,7 +15,9 @@ record attempt). For each: runs, runs left out (not finished), mean, sample
 standard deviation, min and max of the final val loss, the one-sided t-test
 p-value that the true mean is below --target (the public speedrun accepts a
 record at p < 0.01), mean train time and step_avg, and with --baseline the
-difference of mean train times with a 95% Welch interval.
+difference of mean train times with a 95% Welch interval. A log named more
+than once (overlapping globs, a link, a byte-identical copy) counts once; a
+line on stderr says which names were left out.
 
     python records/compare.py logs/a.txt logs/b.txt --plot compare.png
 
@@ -24,6 +26,7 @@ are only read after the "Running PyTorch ..." header that follows the source.
 """
 import argparse
 import ast
+import hashlib
 import json
 import math
 import operator
@@ -222,6 +225,31 @@ def integer_arithmetic(expression: str) -> int | None:
         return evaluate(ast.parse(expression, mode="eval").body)
     except (SyntaxError, ValueError):
         return None
+
+
+def distinct_logs(paths) -> tuple[list[str], list[str]]:
+    """(paths, notes): each log once, however many times it is named: the same file through overlapping globs,
+    another spelling of its path, a link, or a byte-identical copy. Every log counted twice would inflate a
+    group's n and lower its p-value. notes say which paths were dropped and why; unreadable paths are kept,
+    to be reported by parse_log."""
+    kept, notes, seen = [], [], {}
+    for path in paths:
+        try:
+            file = os.stat(path)
+            with open(path, "rb") as log:
+                digest = hashlib.file_digest(log, "sha256").digest()
+        except OSError:
+            kept.append(path)
+            continue
+        same_file, same_content = seen.get((file.st_dev, file.st_ino)), seen.get(digest)
+        if same_file is not None:
+            notes.append(f"{path} (the same file as {same_file})")
+        elif same_content is not None:
+            notes.append(f"{path} (a byte-identical copy of {same_content})")
+        else:
+            seen[(file.st_dev, file.st_ino)] = seen[digest] = path
+            kept.append(path)
+    return kept, notes
 
 
 def display_names(paths) -> list[str]:
@@ -574,9 +602,12 @@ def main(argv=None) -> int:
         print(f"compare.py: error: {problem}", file=sys.stderr)
         return 2
 
+    logs, duplicates = distinct_logs(args.logs)
+    if duplicates:
+        print(f"compare.py: counted once, left out: {', '.join(duplicates)}", file=sys.stderr)
     named_summaries = []
     failed = False
-    for name, path in zip(display_names(args.logs), args.logs):
+    for name, path in zip(display_names(logs), logs):
         try:
             named_summaries.append((name, parse_log(path)))
         except (OSError, NotALogError) as error:

@@ -459,3 +459,37 @@ def test_cli_plot_of_a_group_of_three(tmp_path):
     result = run_cli(*paths, FIXTURES / "project_h100_done.txt", "--plot", out, "--target", "3.28")
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def second_name(log: Path, how: str) -> Path:
+    """Another name for log: the same path again (overlapping globs), another spelling, a link, a copy."""
+    other = {"same-path": log, "other-spelling": log.parent / "." / log.name, "symlink": log.parent / "link.txt",
+             "hard-link": log.parent / "hard.txt", "copy": log.parent / "records" / log.name}[how]
+    if how == "symlink":
+        other.symlink_to(log)
+    elif how == "hard-link":
+        other.hardlink_to(log)
+    elif how == "copy":
+        other.parent.mkdir()
+        other.write_bytes(log.read_bytes())
+    return other
+
+
+@pytest.mark.parametrize("how, why", [("same-path", "the same file as"), ("other-spelling", "the same file as"),
+                                      ("symlink", "the same file as"), ("hard-link", "the same file as"),
+                                      ("copy", "a byte-identical copy of")])
+def test_cli_counts_a_log_named_twice_once(tmp_path, how, why):
+    paths = [write_log(tmp_path / f"lr-s{seed}.txt", loss, seed=seed) for seed, loss in enumerate([3.27, 3.28, 3.29])]
+    twice = second_name(paths[0], how)
+    result = run_cli(*paths, twice)
+    assert result.returncode == 0, result.stderr
+    assert table_row(result.stdout, "lr", table=1)[1:4] == ["3", "0", "3.2800"]
+    assert result.stderr.splitlines() == [f"compare.py: counted once, left out: {twice} ({why} {paths[0]})"]
+
+
+def test_cli_keeps_logs_that_differ_by_a_byte(tmp_path):
+    first = write_log(tmp_path / "lr-s0.txt", 3.27)
+    second = tmp_path / "lr-s1.txt"
+    second.write_bytes(first.read_bytes() + b"\n")
+    result = run_cli(first, second)
+    assert table_row(result.stdout, "lr", table=1)[1:3] == ["2", "0"] and result.stderr == ""
