@@ -18,12 +18,28 @@ NAME-sSEED.incompleteK.txt, and its checkpoint folder to NAME-sSEED.incompleteK/
 (the first free K; logs are never overwritten)
 and runs again. A failed run (non-zero exit) is reported and the series
 goes on; the exit status is then 1.
+
+One series, one configuration: WORKDIR/logs/NAME.series.json records the
+launcher and overrides of the series' first command, and a later command
+with other ones is refused before anything runs, as is one whose overrides
+disagree with the hyperparameters a finished seed's log records (or whose
+finished logs disagree with each other): a finished seed is reused only
+for the configuration it ran. Give a new configuration its own name.
+
+Ctrl-C (or SIGTERM, or SIGHUP from a closed terminal) is passed on to the
+run once, and repeat.py waits while the trainer finishes its step and
+writes its checkpoint; then the series stops. Another Ctrl-C, a second or
+more later, makes the trainer exit at once.
 """
 import argparse
+import contextlib
 import importlib.util
+import json
+import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +53,8 @@ _spec.loader.exec_module(compare)
 
 NAME = re.compile(r"[A-Za-z0-9._-]+")
 SEED_LIST = re.compile(r"\d+(?:,\d+)*")
+# Passed on to the run, which stops gracefully on each (a closed terminal or ssh session sends SIGHUP).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class UsageError(ValueError):
@@ -112,6 +130,61 @@ def set_aside(log: Path) -> Path:
     return incomplete
 
 
+def same_value(text: str, logged) -> bool:
+    """Whether the override text gives the value a log records, read as the trainer reads it: by the type of
+    the value (so 4e-2 is 0.04 and yes is true)."""
+    if isinstance(logged, bool):
+        return text.lower() in (("true", "1", "yes") if logged else ("false", "0", "no"))
+    try:
+        return type(logged)(text) == logged
+    except (TypeError, ValueError):
+        return False
+
+
+def command_line(configuration: dict) -> str:
+    return shlex.join(configuration["launcher"] + ["--", *configuration["overrides"]])
+
+
+def configuration_problem(name: str, seeds: list[int], logs_dir: Path, configuration: dict) -> str | None:
+    """Why this command would mix configurations in one series, or None: it differs from the series' recorded
+    launcher and overrides, or a finished seed it would reuse ran with other hyperparameters."""
+    record = logs_dir / f"{name}.series.json"
+    if record.exists():
+        recorded = json.loads(record.read_text())
+        if recorded != configuration:
+            return (f"series {name!r} ran as {command_line(recorded)} ({record}); this command runs "
+                    f"{command_line(configuration)}. Continue the series with the same launcher and overrides, "
+                    "or give the new configuration another name")
+    first = None  # (log, its hyperparameters apart from seed, run id and checkpoint bookkeeping)
+    for seed in seeds:
+        log = logs_dir / f"{name}-s{seed}.txt"
+        if not log.exists() or log_status(log) != "done":
+            continue
+        logged = compare.parse_log(log).hyperparameters
+        for override in configuration["overrides"]:
+            field, _, text = override.removeprefix("--").partition("=")
+            if field in logged and not same_value(text, logged[field]):
+                return (f"{log} finished with {field}={json.dumps(logged[field])}, and this command sets {override}; "
+                        f"run the series with the overrides it ran with, or give the new configuration another name")
+        compared = {field: value for field, value in logged.items() if field not in compare.FIELDS_IGNORED_FOR_GROUPING}
+        if first is None:
+            first = log, compared
+        elif compared != first[1]:
+            differing = sorted(field for field in compared.keys() | first[1].keys()
+                               if compared.get(field) != first[1].get(field))
+            return (f"{first[0]} and {log} finished with different hyperparameters ({', '.join(differing)}): "
+                    "they are not one series; move one of them out of the way")
+    return None
+
+
+def write_record(record: Path, configuration: dict):
+    """The series' configuration, written whole or not at all."""
+    record.parent.mkdir(parents=True, exist_ok=True)
+    partial = record.with_name(record.name + ".partial")
+    partial.write_text(json.dumps(configuration, indent=1) + "\n")
+    os.replace(partial, record)
+
+
 def log_status(log: Path) -> str:
     try:
         return compare.parse_log(log).status
@@ -127,18 +200,27 @@ def main(argv=None) -> int:
         seeds = checked_seeds(args)
         overrides = checked_overrides(overrides)
         launcher = checked_launcher(args.launcher, args.workdir)
+        logs_dir = args.workdir / "logs"
+        configuration = {"launcher": launcher, "overrides": overrides}
+        if problem := configuration_problem(args.name, seeds, logs_dir, configuration):
+            raise UsageError(problem)
     except UsageError as error:
         print(f"repeat.py: error: {error}", file=sys.stderr)
         return 2
 
-    logs_dir = args.workdir / "logs"
+    write_record(logs_dir / f"{args.name}.series.json", configuration)
     failed_seeds = []
     try:
         for seed in seeds:
-            if not run_seed(args.name, seed, logs_dir, launcher + [f"--seed={seed}", f"--run_id={args.name}-s{seed}"]
-                            + overrides, args.workdir):
+            returncode, stopped_by = run_seed(args.name, seed, logs_dir, launcher + [
+                f"--seed={seed}", f"--run_id={args.name}-s{seed}"] + overrides, args.workdir)
+            if stopped_by is not None:
+                print(f"repeat.py: {stopped_by.name}: the series stopped at seed {seed}; the same command "
+                      "continues it", file=sys.stderr)
+                return 128 + stopped_by
+            if returncode != 0:
                 failed_seeds.append(seed)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside a run, which has its own handling
         print("\nrepeat.py: interrupted; the same command continues the series", file=sys.stderr)
         return 130
 
@@ -159,21 +241,53 @@ def main(argv=None) -> int:
     return 0
 
 
-def run_seed(name: str, seed: int, logs_dir: Path, command: list[str], workdir: Path) -> bool:
-    """Runs one seed unless its log says done; False if the run failed."""
+def run_seed(name: str, seed: int, logs_dir: Path, command: list[str],
+             workdir: Path) -> tuple[int, signal.Signals | None]:
+    """Runs one seed unless its log says done: (exit status, the stop signal that ended it, if one did)."""
     log = logs_dir / f"{name}-s{seed}.txt"
     if log.exists():
         status = log_status(log)
         if status == "done":
             print(f"seed {seed}: done already, skipped", flush=True)
-            return True
+            return 0, None
         print(f"seed {seed}: {log} did not finish ({status}); kept as {set_aside(log)}, running seed {seed} again",
               flush=True)
     print(f"seed {seed}: {shlex.join(command)}", flush=True)
-    returncode = subprocess.run(command, cwd=workdir).returncode
-    if returncode != 0:
+    returncode, stopped_by = run_to_its_end(command, workdir)
+    if returncode != 0 and stopped_by is None:
         print(f"seed {seed}: the run failed (exit status {returncode}); going on with the next seed", flush=True)
-    return returncode == 0
+    return returncode, stopped_by
+
+
+def run_to_its_end(command: list[str], workdir: Path) -> tuple[int, signal.Signals | None]:
+    """Runs command in a process group of its own and waits for it however repeat.py is signalled: each stop
+    signal repeat.py receives (alone, or with its process group, as from a terminal's Ctrl-C) reaches the run
+    exactly once, and the trainer stops in its own time, with its checkpoint. (Killing the run on Ctrl-C, as
+    subprocess.run does, would lose the step and the checkpoint.) Returns (exit status, the first signal)."""
+    received, process = [], None
+
+    def pass_on(number, frame):
+        received.append(signal.Signals(number))
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, number)
+        if len(received) == 1:
+            with contextlib.suppress(OSError):  # a closed terminal
+                print(f"\nrepeat.py: {received[0].name} passed on to the run; waiting for it to stop "
+                      "(another Ctrl-C a second later stops it at once)", file=sys.stderr, flush=True)
+
+    previous = {number: signal.signal(number, pass_on) for number in STOP_SIGNALS}
+    try:
+        # Its own process group: a terminal's Ctrl-C reaches only repeat.py, which passes it on once. No stdin, so
+        # that the run, off the terminal's foreground, never stops waiting to read it.
+        process = subprocess.Popen(command, cwd=workdir, stdin=subprocess.DEVNULL, process_group=0)
+        if received:  # arrived while the run was starting
+            os.killpg(process.pid, received[0])
+        returncode = process.wait()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    return returncode, received[0] if received else None
 
 
 if __name__ == "__main__":
