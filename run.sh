@@ -23,7 +23,23 @@ if [ "$num_gpus" -gt 0 ]; then
     echo "    python data/cached_fineweb10B.py 9" >&2
     exit 1
   fi
-  exec torchrun --standalone --nproc_per_node="$num_gpus" train_gpt.py "$@"
+  # torchrun passes a stop signal on to its ranks but kills them 30 s later (torch < 2.12), often before the
+  # step and checkpoint of a graceful stop are done. So torchrun runs in a session of its own, which a Ctrl-C,
+  # a closed terminal or a kill of this script does not reach, and this script passes each such signal
+  # straight to the ranks (to torchrun only before it has started them), then waits for torchrun to end.
+  setsid torchrun --standalone --nproc_per_node="$num_gpus" train_gpt.py "$@" &
+  torchrun_pid=$!
+  pass_on() {
+    kill -s "$1" $(pgrep -P "$torchrun_pid") 2>/dev/null || kill -s "$1" "$torchrun_pid" 2>/dev/null || true
+  }
+  trap 'pass_on INT' INT
+  trap 'pass_on TERM' TERM
+  trap 'pass_on HUP' HUP
+  while :; do  # wait returns early whenever a trapped signal arrives
+    status=0
+    wait "$torchrun_pid" || status=$?
+    kill -0 "$torchrun_pid" 2>/dev/null || exit "$status"
+  done
 fi
 echo "No GPU: training a small demo model on the CPU with the bundled sample (data/sample/, King James Bible)."
 ./setup_cpu.sh
