@@ -5,7 +5,9 @@ the dataset repo kjj0/fineweb10B-gpt2 into data/fineweb10B/. A speedrun reads
 8 train shards; the default of 9 leaves a spare. Shards already present and
 valid are kept; a corrupt or partial one is fetched again. Each file is
 downloaded into a temporary folder and moved into place only once it passes
-the shard check, so an interrupted run never leaves a half-written shard.
+the shard check, so an interrupted run never leaves a half-written shard, and
+a file already there (even a corrupt one) stays until its replacement has
+arrived whole. The temporary folder of a killed run is removed by the next.
 Errors are one `error:` line: exit status 2 for a wrong command line (a shard
 count out of range, an --output_dir that is a file or cannot be written), 1 for
 a failed download.
@@ -14,6 +16,7 @@ a failed download.
     python data/cached_fineweb10B.py 103    # everything
 """
 import argparse
+import glob
 import importlib.util
 import os
 import shutil
@@ -30,6 +33,7 @@ from data.tokenizer import check_shard  # noqa: E402
 
 REPO_ID = "kjj0/fineweb10B-gpt2"
 NUM_TRAIN_SHARDS_ON_HUB = 103
+STAGING_PREFIX = ".download-"
 
 
 def shard_names(num_train_shards):
@@ -45,17 +49,18 @@ def hf_fetch(filename, dest_dir):
 def download(names, output_dir, fetch=hf_fetch):
     """Make output_dir hold a valid copy of each named shard; raise RuntimeError on the first failure."""
     os.makedirs(output_dir, exist_ok=True)
+    for stale in glob.glob(os.path.join(glob.escape(output_dir), STAGING_PREFIX + "*")):  # of a killed run
+        shutil.rmtree(stale)
     for name in tqdm(names, unit="shard", desc="downloading"):
         final_path = os.path.join(output_dir, name)
         if os.path.exists(final_path):
             try:
                 check_shard(final_path)
                 continue
-            except ValueError as error:
+            except ValueError as error:  # kept until a good copy replaces it
                 tqdm.write(f"{error}; fetching it again")
-                os.remove(final_path)
         # Staging folder inside output_dir: same filesystem, so the final move is atomic.
-        staging_dir = tempfile.mkdtemp(dir=output_dir, prefix=".download-")
+        staging_dir = tempfile.mkdtemp(dir=output_dir, prefix=STAGING_PREFIX)
         try:
             fetched_path = fetch(name, staging_dir)
             check_shard(fetched_path)
@@ -90,6 +95,10 @@ def main(argv=None, fetch=hf_fetch):
         print(f"error: cannot write to --output_dir={args.output_dir}: {error.strerror} ({error.filename})",
               file=sys.stderr)
         return USAGE_ERROR
+    except KeyboardInterrupt:
+        print(f"interrupted: shards complete in {args.output_dir} are kept, the one being fetched was discarded; "
+              "run the same command again", file=sys.stderr)
+        return 130
     print(f"{args.num_train_shards + 1} shards ready in {args.output_dir}")
     return 0
 

@@ -17,6 +17,12 @@ that cannot be read or decoded, a malformed .jsonl line, fewer tokens than
 (exit status 1), and shards this run wrote are removed. --skip_bad_documents
 leaves out bad documents with a warning instead.
 
+Shards are written into a staging folder inside --output_dir and moved into
+place only once the whole set is complete, so a run that stops early (bad
+input, a full disk, Ctrl-C) leaves no partial set behind and the same command
+can simply be run again. (A staging folder that a killed run left is removed
+by the next run with the same --output_dir and --prefix.)
+
     python data/fineweb.py                                    # FineWeb from the hub
     python data/fineweb.py books/*.txt --output_dir out --prefix books --val_tokens 131072
 """
@@ -27,7 +33,9 @@ import json
 import os
 import random
 import re
+import shutil
 import sys
+import tempfile
 from multiprocessing import Pool
 
 import numpy as np
@@ -232,20 +240,22 @@ def tokenized_documents(documents, workers, bpe_file):
 
 
 class ShardWriter:
-    """Packs token arrays into val/train shards of fixed size."""
+    """Packs token arrays into val/train shards of fixed size, in a staging folder inside output_dir (same
+    filesystem: the moves are renames); commit() moves the complete set into place, discard() removes it."""
 
     def __init__(self, output_dir, prefix, shard_size, val_tokens):
         self.output_dir, self.prefix, self.shard_size = output_dir, prefix, shard_size
         self.made_output_dir = not os.path.isdir(output_dir)
         try:
             os.makedirs(output_dir, exist_ok=True)
+            self.staging_dir = tempfile.mkdtemp(dir=output_dir, prefix=staging_prefix(prefix))
         except OSError as error:
-            raise UsageError(f"--output_dir={output_dir}: cannot create it ({error.strerror})") from error
+            raise UsageError(f"--output_dir={output_dir}: cannot write in it ({error.strerror})") from error
         self.buffer = np.empty(max(shard_size, val_tokens), dtype=np.uint16)
         self.capacity = val_tokens  # the first shard is the validation shard
         self.filled = 0
         self.index = 0
-        self.paths = []
+        self.names = []
 
     def add(self, tokens):
         while len(tokens):
@@ -260,21 +270,44 @@ class ShardWriter:
         if self.filled == 0:
             return
         split = "val" if self.index == 0 else "train"
-        path = os.path.join(self.output_dir, f"{self.prefix}_{split}_{self.index:06d}.bin")
-        write_shard(path, self.buffer[:self.filled])
-        tqdm.write(f"wrote {path} ({self.filled:,} tokens)")
-        self.paths.append(path)
+        name = f"{self.prefix}_{split}_{self.index:06d}.bin"
+        write_shard(os.path.join(self.staging_dir, name), self.buffer[:self.filled])
+        tqdm.write(f"wrote {name} ({self.filled:,} tokens)")
+        self.names.append(name)
         self.index += 1
         self.filled = 0
         self.capacity = self.shard_size
 
-    def remove_written(self):
-        """Undo this run: its shards, and the output folder if it made it."""
-        for path in self.paths:
-            os.remove(path)
-        self.paths = []
+    def commit(self):
+        """Moves the shards into output_dir, all of them or (interrupted) none; returns their paths."""
+        paths = []
+        try:
+            for name in self.names:
+                os.replace(os.path.join(self.staging_dir, name), path := os.path.join(self.output_dir, name))
+                paths.append(path)
+        except BaseException:
+            for path in paths:
+                os.remove(path)
+            raise
+        os.rmdir(self.staging_dir)
+        return paths
+
+    def discard(self):
+        """Undo this run: its staging folder, and the output folder if it made it."""
+        shutil.rmtree(self.staging_dir, ignore_errors=True)
         if self.made_output_dir:
             os.rmdir(self.output_dir)
+
+
+def staging_prefix(prefix):
+    return f".{prefix}_staging-"
+
+
+def remove_stale_staging(output_dir, prefix):
+    """Staging folders of a run that was killed (SIGKILL, a power cut) before it could remove its own."""
+    for folder in glob.glob(os.path.join(glob.escape(output_dir), glob.escape(staging_prefix(prefix)) + "*")):
+        print(f"removing {folder}, the unfinished shards of an earlier run that was killed", file=sys.stderr)
+        shutil.rmtree(folder)
 
 
 def parse_arguments(argv):
@@ -331,6 +364,7 @@ def make_shards(args):
     """Everything that can be checked is checked before the first shard is written; an error found later
     removes the shards this run wrote."""
     paths = expand_inputs(args.inputs) if args.inputs else None
+    remove_stale_staging(args.output_dir, args.prefix)
     existing = sorted(glob.glob(os.path.join(args.output_dir, f"{args.prefix}_*.bin")))
     if existing:  # never overwrite shards, nor leave stale ones beside a shorter new set
         raise UsageError(f"{existing[0]} exists ({len(existing)} {args.prefix}_*.bin shard(s) in {args.output_dir}); "
@@ -370,13 +404,19 @@ def make_shards(args):
             raise DataError(f"the input holds {total_tokens:,} tokens, not more than --val_tokens={args.val_tokens}, "
                             "so none would be left for training; lower --val_tokens or add text")
         writer.flush()
-    except DataError:
-        writer.remove_written()
+        paths = writer.commit()
+    except OSError as error:  # the output side: the input's errors are DataErrors
+        writer.discard()
+        raise UsageError(f"cannot write shards in --output_dir={args.output_dir} ({error.strerror}); none of this "
+                         "run's shards were left there: free some space (or choose another --output_dir) and "
+                         "run the same command again") from error
+    except BaseException:  # bad input, Ctrl-C: nothing of this run is left behind
+        writer.discard()
         raise
     if bad_documents.skipped:
         print(f"warning: skipped {bad_documents.skipped:,} bad documents (see the warnings above)", file=sys.stderr)
-    print(f"{total_tokens:,} tokens in {len(writer.paths)} shards under {args.output_dir}")
-    return writer.paths
+    print(f"{total_tokens:,} tokens in {len(paths)} shards under {args.output_dir}")
+    return paths
 
 
 def main(argv=None):
@@ -385,6 +425,10 @@ def main(argv=None):
         return make_shards(args)
     except (UsageError, DataError) as error:
         exit_with(error)
+    except KeyboardInterrupt:
+        print(f"interrupted: no shard of this run was left in {args.output_dir}; run the same command again",
+              file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

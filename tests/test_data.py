@@ -1,5 +1,6 @@
 """Tests of data/: offline GPT-2 tokenizer, shard format, fineweb.py and check_shards.py."""
 import collections
+import errno
 import glob
 import importlib.util
 import json
@@ -251,6 +252,56 @@ def test_existing_shards_are_never_overwritten(tmp_path, capsys):
     message = usage_error(capsys, [tmp_path / "docs.jsonl"], tmp_path / "out", "--shard_size", 50, "--workers", 1)
     assert f"{paths[1]} exists" in message and "choose another --output_dir or --prefix" in message
     assert {p: Path(p).read_bytes() for p in paths} == before
+
+
+def failing_on_call(function, call, error):
+    """function, except that its call-th call raises error: a full disk or a Ctrl-C halfway through a run."""
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == call:
+            raise error
+        return function(*args, **kwargs)
+    return failing
+
+
+@pytest.mark.parametrize("where", ["write_shard", "commit"])
+@pytest.mark.parametrize("error, status, fragment", [
+    (OSError(errno.ENOSPC, "No space left on device"), 2, "(No space left on device); none of this run's shards"),
+    (KeyboardInterrupt(), 130, "interrupted: no shard of this run was left in"),
+], ids=["full-disk", "ctrl-c"])
+def test_a_run_stopped_halfway_leaves_no_shards_and_the_same_command_works(tmp_path, monkeypatch, capsys, where, error,
+                                                                            status, fragment):
+    write_jsonl(tmp_path / "docs.jsonl", DOCUMENTS)
+    arguments = ([tmp_path / "docs.jsonl"], tmp_path / "out", "--shard_size", 50, "--workers", 1, "--no_shuffle")
+    expected = [read_shard(path).tolist() for path in run_fineweb(*arguments[:1], tmp_path / "clean", *arguments[2:])]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("the user's")
+    if where == "write_shard":  # the third shard cannot be written
+        monkeypatch.setattr(fineweb, "write_shard", failing_on_call(fineweb.write_shard, 3, error))
+    else:  # the second shard's move into place fails
+        monkeypatch.setattr(fineweb.os, "replace", failing_on_call(os.replace, 2, error))
+    with pytest.raises(SystemExit) as stopped:
+        run_fineweb(*arguments)
+    assert stopped.value.code == status and fragment in capsys.readouterr().err
+    assert os.listdir(tmp_path / "out") == ["notes.txt"]  # no shard, no staging folder
+    monkeypatch.undo()
+    assert [read_shard(path).tolist() for path in run_fineweb(*arguments)] == expected
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(["notes.txt", "t_val_000000.bin"] + [
+        f"t_train_{i:06d}.bin" for i in range(1, len(expected))])
+
+
+def test_the_staging_folder_of_a_killed_run_is_removed(tmp_path, capsys):
+    write_jsonl(tmp_path / "docs.jsonl", DOCUMENTS)
+    stale = tmp_path / "out" / ".t_staging-x1y2"
+    stale.mkdir(parents=True)
+    write_shard(stale / "t_val_000000.bin", [EOT])
+    other = tmp_path / "out" / ".u_staging-x1y2"  # another prefix's: not this run's to remove
+    other.mkdir()
+    paths = run_fineweb([tmp_path / "docs.jsonl"], tmp_path / "out", "--shard_size", 50, "--workers", 1)
+    assert not stale.exists() and other.is_dir() and f"removing {stale}" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path / "out")) == sorted([".u_staging-x1y2"] + [os.path.basename(p) for p in paths])
 
 
 def test_hub_without_datasets_says_what_to_install(tmp_path, monkeypatch, capsys):

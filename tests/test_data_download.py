@@ -1,6 +1,7 @@
 """Tests of data/cached_fineweb10B.py against a local fake hub (no network)."""
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +123,39 @@ def test_main_command_line_errors_are_one_line(tmp_path, hub_dir, capsys, args, 
     message = capsys.readouterr().err
     assert message.startswith("error: ") and message.count("\n") == 1 and fragment in message
     assert hub.calls == []
+
+
+@pytest.mark.parametrize("failure", [
+    {"fail_on": {NAMES[1]}},  # the network
+    {"corrupt": {NAMES[1]}},  # a download cut short
+])
+def test_a_corrupt_shard_stays_until_its_replacement_has_arrived(tmp_path, hub_dir, failure):
+    out = tmp_path / "out"
+    download(NAMES, out, fetch=FakeHub(hub_dir))
+    broken = out / NAMES[1]
+    broken.write_bytes(broken.read_bytes()[:-2])  # the user's copy, damaged
+    damaged = broken.read_bytes()
+    with pytest.raises(RuntimeError, match=f"could not download {NAMES[1]}"):
+        download(NAMES, out, fetch=FakeHub(hub_dir, **failure))
+    assert broken.read_bytes() == damaged and sorted(os.listdir(out)) == sorted(NAMES)
+    download(NAMES, out, fetch=FakeHub(hub_dir))
+    assert_same_shard(broken, hub_dir / NAMES[1])
+
+
+def test_ctrl_c_during_a_download_keeps_the_old_file_and_the_rerun_completes(tmp_path, hub_dir, capsys):
+    out = tmp_path / "out"
+    download(NAMES, out, fetch=FakeHub(hub_dir))
+    (out / NAMES[2]).write_bytes(b"<html>rate limited</html>")
+    killed_run_staging = out / ".download-abc123"  # what a killed run leaves
+    killed_run_staging.mkdir()
+    (killed_run_staging / NAMES[3]).write_bytes(b"half")
+
+    def interrupted(filename, dest_dir):
+        (Path(dest_dir) / filename).write_bytes(b"the first bytes")
+        raise KeyboardInterrupt
+    assert main(["3", "--output_dir", str(out)], fetch=interrupted) == 130
+    assert "interrupted: shards complete in" in capsys.readouterr().err
+    assert sorted(os.listdir(out)) == sorted(NAMES)  # the stale staging folder is gone, and ours
+    assert (out / NAMES[2]).read_bytes() == b"<html>rate limited</html>"
+    assert main(["3", "--output_dir", str(out)], fetch=FakeHub(hub_dir)) == 0
+    assert_same_shard(out / NAMES[2], hub_dir / NAMES[2])
