@@ -271,11 +271,13 @@ def failing_on_call(function, call, error):
     (OSError(errno.ENOSPC, "No space left on device"), 2, "(No space left on device); none of this run's shards"),
     (KeyboardInterrupt(), 130, "interrupted: no shard of this run was left in"),
 ], ids=["full-disk", "ctrl-c"])
-def test_a_run_stopped_halfway_leaves_no_shards_and_the_same_command_works(tmp_path, monkeypatch, capsys, where, error,
-                                                                            status, fragment):
+def test_a_run_stopped_halfway_leaves_no_shards_and_the_same_command_works(tmp_path, monkeypatch, capsys, where,
+                                                                            error, status, fragment):
     write_jsonl(tmp_path / "docs.jsonl", DOCUMENTS)
-    arguments = ([tmp_path / "docs.jsonl"], tmp_path / "out", "--shard_size", 50, "--workers", 1, "--no_shuffle")
-    expected = [read_shard(path).tolist() for path in run_fineweb(*arguments[:1], tmp_path / "clean", *arguments[2:])]
+    options = ("--shard_size", 50, "--workers", 1, "--no_shuffle")
+    arguments = ([tmp_path / "docs.jsonl"], tmp_path / "out", *options)
+    clean_run = run_fineweb([tmp_path / "docs.jsonl"], tmp_path / "clean", *options)
+    expected = [read_shard(path).tolist() for path in clean_run]
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("the user's")
     if where == "write_shard":  # the third shard cannot be written

@@ -150,7 +150,10 @@ def configuration_problem(name: str, seeds: list[int], logs_dir: Path, configura
     launcher and overrides, or a finished seed it would reuse ran with other hyperparameters."""
     record = logs_dir / f"{name}.series.json"
     if record.exists():
-        recorded = json.loads(record.read_text())
+        try:
+            recorded = json.loads(record.read_text())
+        except (OSError, ValueError) as error:
+            return f"cannot read {record} ({error}): the series' configuration; restore it, or remove it to start over"
         if recorded != configuration:
             return (f"series {name!r} ran as {command_line(recorded)} ({record}); this command runs "
                     f"{command_line(configuration)}. Continue the series with the same launcher and overrides, "
@@ -215,8 +218,9 @@ def main(argv=None) -> int:
             returncode, stopped_by = run_seed(args.name, seed, logs_dir, launcher + [
                 f"--seed={seed}", f"--run_id={args.name}-s{seed}"] + overrides, args.workdir)
             if stopped_by is not None:
-                print(f"repeat.py: {stopped_by.name}: the series stopped at seed {seed}; the same command "
-                      "continues it", file=sys.stderr)
+                with contextlib.suppress(OSError):  # a closed terminal
+                    print(f"repeat.py: {stopped_by.name}: the series stopped at seed {seed}; the same command "
+                          "continues it", file=sys.stderr)
                 return 128 + stopped_by
             if returncode != 0:
                 failed_seeds.append(seed)
