@@ -216,9 +216,9 @@ def test_a_stop_signal_reaches_the_run_once_and_repeat_waits(tmp_path, to_group,
     assert process.returncode == 128 + number and stderr.count("the series stopped at seed 0") == 1, stderr
 
 
-def done_log(path: Path, **hyperparameters) -> Path:
+def done_log(path: Path, code: str = "", card: str = "cpu x1", **hyperparameters) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("Running PyTorch 2.13.0+cpu\ndevice: cpu x1\nhyperparameters: " + json.dumps(hyperparameters)
+    path.write_text(f"{code}Running PyTorch 2.13.0+cpu\ndevice: {card}\nhyperparameters: " + json.dumps(hyperparameters)
                     + "\nstep:4/4 val_loss:4.0000 train_time:900ms step_avg:150.00ms\n")
     return path
 
@@ -237,13 +237,18 @@ def test_an_override_that_a_finished_log_contradicts_is_found(tmp_path, logged, 
     assert (found is None) if problem is None else (problem in found), found
 
 
-def test_finished_logs_of_other_configurations_are_found(tmp_path):
+@pytest.mark.parametrize("third, difference", [
+    ({"muon_lr": 0.05}, "different hyperparameters (muon_lr)"),
+    ({"muon_lr": 0.04, "code": "print('edited')\n"}, "different trainer code"),
+    ({"muon_lr": 0.04, "card": "NVIDIA H100 80GB HBM3 x8"}, "different cards (cpu x1; NVIDIA H100 80GB HBM3 x8)"),
+])
+def test_finished_logs_of_other_configurations_are_found(tmp_path, third, difference):
     done_log(tmp_path / "x-s0.txt", seed=0, run_id="x-s0", muon_lr=0.04, checkpoint_every=10)
     done_log(tmp_path / "x-s1.txt", seed=1, run_id="x-s1", muon_lr=0.04, checkpoint_every=0)
     assert repeat.configuration_problem("x", [0, 1], tmp_path, {"launcher": ["t"], "overrides": []}) is None
-    done_log(tmp_path / "x-s2.txt", seed=2, run_id="x-s2", muon_lr=0.05)
+    done_log(tmp_path / "x-s2.txt", seed=2, run_id="x-s2", **third)
     found = repeat.configuration_problem("x", [0, 1, 2], tmp_path, {"launcher": ["t"], "overrides": []})
-    assert "x-s0.txt and " in found and "x-s2.txt finished with different hyperparameters (muon_lr)" in found
+    assert "x-s0.txt and " in found and f"x-s2.txt finished with {difference}: they are not one series" in found
 
 
 @pytest.mark.parametrize("second", [["--", "--muon_lr=0.05"], [], ["--", "--muon_lr=0.04", "--seq=1"]])

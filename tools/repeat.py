@@ -23,8 +23,9 @@ One series, one configuration: WORKDIR/logs/NAME.series.json records the
 launcher and overrides of the series' first command, and a later command
 with other ones is refused before anything runs, as is one whose overrides
 disagree with the hyperparameters a finished seed's log records (or whose
-finished logs disagree with each other): a finished seed is reused only
-for the configuration it ran. Give a new configuration its own name.
+finished logs differ in code, hyperparameters or card): a finished seed is
+reused only for the configuration it ran. Give a new configuration its own
+name.
 
 Ctrl-C (or SIGTERM, or SIGHUP from a closed terminal) is passed on to the
 run once, and repeat.py waits while the trainer finishes its step and
@@ -158,26 +159,37 @@ def configuration_problem(name: str, seeds: list[int], logs_dir: Path, configura
             return (f"series {name!r} ran as {command_line(recorded)} ({record}); this command runs "
                     f"{command_line(configuration)}. Continue the series with the same launcher and overrides, "
                     "or give the new configuration another name")
-    first = None  # (log, its hyperparameters apart from seed, run id and checkpoint bookkeeping)
+    first = None  # the first finished log
     for seed in seeds:
         log = logs_dir / f"{name}-s{seed}.txt"
         if not log.exists() or log_status(log) != "done":
             continue
-        logged = compare.parse_log(log).hyperparameters
+        summary = compare.parse_log(log)
         for override in configuration["overrides"]:
             field, _, text = override.removeprefix("--").partition("=")
-            if field in logged and not same_value(text, logged[field]):
-                return (f"{log} finished with {field}={json.dumps(logged[field])}, and this command sets {override}; "
-                        f"run the series with the overrides it ran with, or give the new configuration another name")
-        compared = {field: value for field, value in logged.items() if field not in compare.FIELDS_IGNORED_FOR_GROUPING}
+            if field in summary.hyperparameters and not same_value(text, summary.hyperparameters[field]):
+                return (f"{log} finished with {field}={json.dumps(summary.hyperparameters[field])}, and this command "
+                        f"sets {override}; run the series with the overrides it ran with, or give the new "
+                        "configuration another name")
         if first is None:
-            first = log, compared
-        elif compared != first[1]:
-            differing = sorted(field for field in compared.keys() | first[1].keys()
-                               if compared.get(field) != first[1].get(field))
-            return (f"{first[0]} and {log} finished with different hyperparameters ({', '.join(differing)}): "
-                    "they are not one series; move one of them out of the way")
+            first = summary
+        elif difference := configuration_difference(first, summary):
+            return f"{first.path} and {log} finished with {difference}: they are not one series; move one of them away"
     return None
+
+
+def configuration_difference(a: compare.LogSummary, b: compare.LogSummary) -> str | None:
+    """What makes two logs runs of different configurations, as compare.py groups runs, or None."""
+    if compare.group_key(a) == compare.group_key(b):
+        return None
+    if a.code != b.code:
+        return "different trainer code"
+    if a.card != b.card:
+        return f"different cards ({a.card}; {b.card})"
+    fields = sorted(field for field in a.hyperparameters.keys() | b.hyperparameters.keys()
+                    if field not in compare.FIELDS_IGNORED_FOR_GROUPING
+                    and a.hyperparameters.get(field) != b.hyperparameters.get(field))
+    return f"different hyperparameters ({', '.join(fields)})"
 
 
 def write_record(record: Path, configuration: dict):
