@@ -16,6 +16,7 @@ a failed download.
     python data/cached_fineweb10B.py 103    # everything
 """
 import argparse
+import errno
 import glob
 import importlib.util
 import os
@@ -66,6 +67,8 @@ def download(names, output_dir, fetch=hf_fetch):
             check_shard(fetched_path)
             os.replace(fetched_path, final_path)
         except Exception as error:
+            if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+                raise  # the disk, not the network: main says so
             raise RuntimeError(f"could not download {name}: {error}") from error
         finally:
             shutil.rmtree(staging_dir, ignore_errors=True)
@@ -91,9 +94,10 @@ def main(argv=None, fetch=hf_fetch):
         print(f"error: {error}; check the network connection (and HF_ENDPOINT for a mirror, HF_TOKEN if you need "
               f"a token), then rerun: shards already complete in {args.output_dir} are kept", file=sys.stderr)
         return 1
-    except OSError as error:  # the output folder, not the download (download() wraps fetch errors)
-        print(f"error: cannot write to --output_dir={args.output_dir}: {error.strerror} ({error.filename})",
-              file=sys.stderr)
+    except OSError as error:  # the output folder or its disk (download() wraps the network's errors)
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"error: cannot write to --output_dir={args.output_dir}: {error.strerror}{where}; shards complete "
+              "there are kept: free some space (or choose another --output_dir) and rerun", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:
         print(f"interrupted: shards complete in {args.output_dir} are kept, the one being fetched was discarded; "

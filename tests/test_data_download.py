@@ -1,4 +1,5 @@
 """Tests of data/cached_fineweb10B.py against a local fake hub (no network)."""
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -159,3 +160,18 @@ def test_ctrl_c_during_a_download_keeps_the_old_file_and_the_rerun_completes(tmp
     assert (out / NAMES[2]).read_bytes() == b"<html>rate limited</html>"
     assert main(["3", "--output_dir", str(out)], fetch=FakeHub(hub_dir)) == 0
     assert_same_shard(out / NAMES[2], hub_dir / NAMES[2])
+
+
+def test_a_full_disk_keeps_the_old_file_and_says_so(tmp_path, hub_dir, capsys):
+    out = tmp_path / "out"
+    download(NAMES, out, fetch=FakeHub(hub_dir))
+    (out / NAMES[1]).write_bytes(b"corrupt")
+
+    def disk_full(filename, dest_dir):
+        (Path(dest_dir) / filename).write_bytes(b"the first bytes")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert main(["3", "--output_dir", str(out)], fetch=disk_full) == 2
+    message = capsys.readouterr().err.splitlines()[-1]
+    assert message.startswith("error: cannot write to --output_dir=") and "No space left on device" in message
+    assert "free some space" in message and "network" not in message
+    assert sorted(os.listdir(out)) == sorted(NAMES) and (out / NAMES[1]).read_bytes() == b"corrupt"
