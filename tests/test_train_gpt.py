@@ -341,13 +341,13 @@ def tiny_tokens(length=256, seed=0):  # EOT about every 200 tokens: documents sp
 def test_model_flex_and_sdpa_paths_agree_in_forward(kv_heads, compute_dtype):
     model, args = tiny_model(num_kv_heads=kv_heads, compute_dtype=compute_dtype)
     inputs, targets = tiny_tokens(length=512)  # 4 blocks, documents spanning several of them
-    assert model.use_flex_attention is False  # build_model picks SDPA on CPU
+    assert model.mask_function is train_gpt.dense_sliding_window_mask  # build_model picks SDPA on CPU
     window = torch.tensor(2, dtype=torch.int32)  # narrower than the sequence: the window matters
     with torch.no_grad():
         sdpa_logits = model(inputs, None, window)
         sdpa_loss = model(inputs, targets, window)
         other_window_loss = model(inputs, targets, torch.tensor(1, dtype=torch.int32))
-        model.use_flex_attention = True
+        model.mask_function = train_gpt.sliding_window_block_mask
         flex_logits = model(inputs, None, window)
         flex_loss = model(inputs, targets, window)
     assert sdpa_logits.shape == (len(inputs), args.vocab_size)
@@ -371,7 +371,7 @@ def test_compiled_model_with_flex_attention_matches_and_never_recompiles_for_a_n
     window = torch.tensor(2, dtype=torch.int32)
     with torch.no_grad():
         sdpa_losses = [model(inputs, targets, torch.tensor(w, dtype=torch.int32)).item() for w in (2, 4)]
-        model.use_flex_attention = True
+        model.mask_function = train_gpt.compiled_sliding_window_block_mask  # as build_model on a GPU
         compiled = torch.compile(model, dynamic=False)
         flex_losses = [compiled(inputs, targets, window).item()]
         window.fill_(4)
