@@ -285,6 +285,28 @@ def test_flex_attention_agrees_with_sdpa_dense_mask(layout, window, heads, kv_he
     assert (causal - sdpa).abs().max() > 0.1
 
 
+@pytest.mark.parametrize("device,compile,expected", [
+    ("cpu", "auto", "dense_sliding_window_mask"), ("cpu", "true", "dense_sliding_window_mask"),
+    ("cuda", "auto", "compiled_sliding_window_block_mask"), ("cuda", "false", "sliding_window_block_mask")])
+def test_attention_mask_function_is_chosen_once_per_device_and_compilation(device, compile, expected):
+    args = train_gpt.Hyperparameters(compile=compile)
+    assert train_gpt.attention_mask_function(args, torch.device(device)) is getattr(train_gpt, expected)
+
+
+def test_compiled_block_mask_leaves_the_window_to_the_block_lists():
+    """Same block lists; mask_mod without the window term (the record's), where eager's has it."""
+    documents = LAYOUTS["single"]
+    window = torch.tensor(1, dtype=torch.int32)
+    eager = train_gpt.sliding_window_block_mask(documents, window)
+    compiled = train_gpt.compiled_sliding_window_block_mask(documents, window)
+    for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"):
+        assert torch.equal(getattr(eager, name), getattr(compiled, name)), name
+    query, key = torch.tensor(3 * BLOCK), torch.tensor(BLOCK)  # same document, two blocks back: outside the window
+    zero = torch.tensor(0)
+    assert not eager.mask_mod(zero, zero, query, key) and compiled.mask_mod(zero, zero, query, key)
+    assert not compiled.mask_mod(zero, zero, key, query)  # still causal
+
+
 def test_compiled_flex_attention_uses_the_block_lists():
     """Compiled FlexAttention (the GPU's path; its forward also compiles on CPU) visits only the listed blocks
     and skips mask_mod in full ones, unlike eager FlexAttention. So it agrees with the dense rule only if
