@@ -11,8 +11,9 @@
 #           bash tools/gpu_check.sh --budget B 3,4 devdata     B = min(300, budget_left_s - 60)
 #   give_back as soon as call 2 returns.
 # 120 + 390 + 330 = 840 s: 60 s in reserve for idle seconds and transfers. A call 1 that fails fast (its
-# smoke run logs no step: about 2-3 min) can be rerun once; call 2's B then shrinks, to the quality runs alone
-# (B about 200) or less. A call 1 that ran long is not rerun: its archive says what happened.
+# smoke run logs no step: about 2-3 min) can be rerun once; B then shrinks to what status leaves (about
+# 150 s: one or two quality runs; skip call 2 below 120). A call 1 that ran long is not rerun: its archive
+# says what happened.
 #
 # PHASES is a comma list of, in this order:
 #   1  versions, nvidia-smi; a smoke run of the speed protocol's shapes (8 steps) with a checkpoint at step 4,
@@ -88,10 +89,11 @@ wait_for() {  # wait_for PID: its exit status in WAIT_STATUS, also when a trap i
   fi
 }
 
-stamp_lines() {  # ignores INT, TERM and HUP: it ends when the trainer's output does, with its last line
-  (trap '' INT TERM HUP; exec "$PYTHON" -u -c 'import sys, time
+stamp_lines() {  # run with &: ignores INT, TERM and HUP, and ends when the trainer's output does
+  trap '' INT TERM HUP
+  exec "$PYTHON" -u -c 'import sys, time
 for line in sys.stdin:
-    print(f"{time.time():.3f} {line}", end="", flush=True)')
+    print(f"{time.time():.3f} {line}", end="", flush=True)'
 }
 
 logged_a_step() { grep -qE '^step:[0-9]+/[0-9]+ train_loss:' "$1" 2> /dev/null; }
@@ -257,12 +259,6 @@ if [ ! -f "$TRAINER" ]; then
   echo "error: TRAINER $TRAINER: no such file" >&2
   exit 2
 fi
-mkdir -p "$WORKDIR" "$OUT"
-WORKDIR=$(cd "$WORKDIR" && pwd)
-OUT=$(cd "$OUT" && pwd)
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
-mkdir -p "$WORK/logs"
-echo "work folder: $WORK (packed into $OUT/gpu_check.tar.gz after every phase)"
 
 decompress() {  # decompress FILE.xz TARGET
   if command -v xz > /dev/null; then
@@ -276,7 +272,12 @@ with lzma.open(sys.argv[1]) as packed, open(sys.argv[2], "wb") as target:
 for packed in "$data_dir"/*.bin.xz; do
   if [ -e "$packed" ] && [ ! -e "${packed%.xz}" ]; then
     echo "decompressing $packed"
-    decompress "$packed" "${packed%.xz}.partial" && mv "${packed%.xz}.partial" "${packed%.xz}"
+    if ! decompress "$packed" "${packed%.xz}.partial"; then
+      rm -f "${packed%.xz}.partial"
+      echo "error: cannot decompress $packed (see above); replace it with a good copy" >&2
+      exit 2
+    fi
+    mv "${packed%.xz}.partial" "${packed%.xz}"
   fi
 done
 if [ -z "$train_pattern" ]; then
@@ -294,6 +295,13 @@ for glob in "$TRAIN_GLOB" "$VAL_GLOB"; do
     exit 2
   fi
 done
+
+mkdir -p "$WORKDIR" "$OUT"
+WORKDIR=$(cd "$WORKDIR" && pwd)
+OUT=$(cd "$OUT" && pwd)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
+mkdir -p "$WORK/logs"
+echo "work folder: $WORK (packed into $OUT/gpu_check.tar.gz after every phase)"
 
 PREFIX="gpucheck-$(date +%Y%m%d-%H%M%S)"
 if [ "$dry_run" = 1 ]; then
