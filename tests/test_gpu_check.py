@@ -6,6 +6,7 @@ import lzma
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -303,6 +304,24 @@ def test_deadlines_and_the_budget(tmp_path):
     assert "status: **skipped**: only 0 s of --budget 30 left" in summary
     assert (tmp_path / "calls.txt").read_text().split() == [f"{prefix}-{run}" for run in ("speed", "quality-s1",
                                                                                        "quality-s2")]
+
+
+def test_a_signal_to_the_script_stops_the_running_trainer_gracefully_and_no_run_starts_after_it(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = script_environment(out, **stand_in(tmp_path, "stall"))
+    script = subprocess.Popen([str(SCRIPT), "--dry-run", "--workdir", str(work), "2,3", str(REPO / "data/sample")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while not any("step:1/" in log.read_text() for log in work.glob("logs/*.txt")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    script.send_signal(signal.SIGTERM)
+    output, _ = script.communicate(timeout=60)
+    assert script.returncode == 1, output[-3000:]
+    rows = phase_rows(out)
+    assert rows[2][2] == "interrupted" and rows[3][2:4] == ["skipped", "-"] and rows[3][6] == "interrupted by SIGTERM"
+    log = next(unpacked(out).glob("logs/*-speed.txt")).read_text()
+    assert "stopping: received SIGINT at step 1" in log  # the trainer's graceful stop
+    assert len((tmp_path / "calls.txt").read_text().split()) == 1
 
 
 def test_a_run_without_a_step_stops_the_check_and_xz_is_not_needed(tmp_path):
