@@ -354,6 +354,31 @@ def test_a_run_without_a_step_stops_the_check_and_xz_is_not_needed(tmp_path):
     assert "status: **skipped**: run gpucheck-" in summary and "every later run would spend another compilation" in summary
 
 
+def test_the_archive_cuts_long_files_and_stays_under_the_device_tools_file_limit(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    (work / "logs").mkdir(parents=True)
+    out.mkdir()
+    long_console = b"".join(b"%08d a console line\n" % i for i in range(300_000))  # 6.3 MB of text
+    (work / "logs" / "run.console.txt").write_bytes(long_console)
+    (work / "summary.md").write_text("# summary\n")
+    os.mkfifo(work / ".console")
+    for index in range(5):  # 20 MiB that gzip cannot shrink: cut further, to 1 MiB per file
+        (work / f"noise{index}.bin").write_bytes(os.urandom(4 * 2**20))
+    summary.pack(work, out / "gpu_check.tar.gz")
+    assert sorted(path.name for path in out.iterdir()) == ["gpu_check.tar.gz"]
+    assert (out / "gpu_check.tar.gz").stat().st_size <= 15 * 2**20
+    with tarfile.open(out / "gpu_check.tar.gz") as archive:
+        members = {member.name: archive.extractfile(member).read() for member in archive.getmembers()}
+    assert sorted(members) == sorted(["gpu_check/logs/run.console.txt", "gpu_check/summary.md"]
+                                     + [f"gpu_check/noise{index}.bin" for index in range(5)])
+    assert all(len(data) < 2**20 + 100 for name, data in members.items() if "noise" in name)
+    assert members["gpu_check/summary.md"] == b"# summary\n"
+    console = members["gpu_check/logs/run.console.txt"]
+    half = 2**19
+    assert console.startswith(long_console[:half]) and console.endswith(long_console[-half:])
+    assert f"[... {len(long_console) - 2 * half} bytes cut by gpu_check_summary.py ...]".encode() in console
+
+
 LOG = """device: {device} x1
 step:0/8 val_loss:10.8252 train_time:0ms step_avg:0.00ms
 step:1/8 train_loss:10.8252 train_time:0ms step_avg:0.00ms
