@@ -355,8 +355,10 @@ for phase in ${phases//,/ }; do
   fi
   if [ -n "$STOP_REASON" ]; then
     record "$phase" skipped - 0 - "$STOP_REASON"
-  elif [ "$limit" -lt "$MIN_PHASE" ]; then
+  elif [ "$limit" -lt "$MIN_PHASE" ] && [ -n "$note" ]; then
     record "$phase" skipped - 0 - "only $((limit > 0 ? limit : 0)) s of --budget $budget left (at least $MIN_PHASE s)"
+  elif [ "$limit" -lt "$MIN_PHASE" ]; then
+    record "$phase" skipped - 0 - "LIMIT_$phase=$limit is under $MIN_PHASE s"
   else
     echo "=== [$(date +%T)] phase $phase: ${names[$phase]} (limit ${limit}s)"
     phase_started=$SECONDS DEADLINE=$((SECONDS + limit)) TIMED_OUT=0 rc=0
