@@ -182,7 +182,8 @@ class Rotary(nn.Module):
         return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1).type_as(x)
 
 
-def sliding_window_block_mask(documents: torch.Tensor, window_blocks: torch.Tensor) -> BlockMask:
+def sliding_window_block_mask(documents: torch.Tensor, window_blocks: torch.Tensor,
+                              window_in_mask_mod: bool = True) -> BlockMask:
     """FlexAttention mask: causal, within one document, and at most window_blocks blocks back.
 
     documents[i] is the document index of token i. A (query block, key block) pair is FULL when every token
@@ -209,14 +210,25 @@ def sliding_window_block_mask(documents: torch.Tensor, window_blocks: torch.Tens
         indices = blocks.to(torch.int8).argsort(dim=-1, descending=True, stable=True).to(torch.int32)
         return counts[None, None].contiguous(), indices[None, None].contiguous()
 
+    def causal_same_document(batch, head, query_index, key_index):
+        return (query_index >= key_index) & (documents[query_index] == documents[key_index])
+
     def causal_same_document_in_window(batch, head, query_index, key_index):
-        # The window term changes nothing where the block lists are used (compiled), but eager FlexAttention
-        # evaluates mask_mod everywhere, so the token rule must be whole.
-        return ((query_index >= key_index) & (documents[query_index] == documents[key_index])
+        # Eager FlexAttention evaluates mask_mod everywhere, so there the token rule must be whole.
+        return (causal_same_document(batch, head, query_index, key_index)
                 & (query_index // ATTENTION_BLOCK - key_index // ATTENTION_BLOCK < window_blocks))
 
     return BlockMask.from_kv_blocks(*counts_and_sorted_indices(partial), *counts_and_sorted_indices(full),
-                                    BLOCK_SIZE=ATTENTION_BLOCK, mask_mod=causal_same_document_in_window)
+                                    BLOCK_SIZE=ATTENTION_BLOCK,
+                                    mask_mod=causal_same_document_in_window if window_in_mask_mod
+                                    else causal_same_document)
+
+
+def compiled_sliding_window_block_mask(documents: torch.Tensor, window_blocks: torch.Tensor) -> BlockMask:
+    """sliding_window_block_mask for compiled FlexAttention, which evaluates mask_mod only inside the listed
+    PARTIAL blocks, and those lie inside the window: so mask_mod leaves the window out, as the record's does.
+    With the window term (a captured tensor) the compiled backward takes a path the record never ran."""
+    return sliding_window_block_mask(documents, window_blocks, window_in_mask_mod=False)
 
 
 def dense_sliding_window_mask(documents: torch.Tensor, window_blocks: torch.Tensor) -> torch.Tensor:
@@ -295,10 +307,10 @@ class GPT(nn.Module):
 
     def __init__(self, vocab_size: int, num_layers: int, model_dim: int, num_heads: int, num_kv_heads: int,
                  mlp_dim: int, max_seq_len: int, logit_softcap: float, attention_free_layers: tuple[int, ...],
-                 num_value_embeddings: int = 3, use_flex_attention: bool = True,
+                 num_value_embeddings: int = 3, mask_function=sliding_window_block_mask,
                  activation_dtype: torch.dtype = torch.bfloat16):
         super().__init__()
-        self.num_layers, self.logit_softcap, self.use_flex_attention = num_layers, logit_softcap, use_flex_attention
+        self.num_layers, self.logit_softcap, self.mask_function = num_layers, logit_softcap, mask_function
         self.activation_dtype = activation_dtype
         self.num_encoder_layers = num_layers // 2
         kv_dim = num_kv_heads * (model_dim // num_heads)
@@ -315,8 +327,7 @@ class GPT(nn.Module):
         logits of every position when targets is None."""
         assert inputs.ndim == 1 and len(inputs) % ATTENTION_BLOCK == 0
         documents = (inputs == EOT_TOKEN).cumsum(0)
-        mask = (sliding_window_block_mask if self.use_flex_attention else dense_sliding_window_mask)(
-            documents, window_blocks)
+        mask = self.mask_function(documents, window_blocks)
         x = x0 = norm(self.embed(inputs)[None].to(self.activation_dtype))
         tables = [table(inputs).to(self.activation_dtype) for table in self.value_embeds]
         value_embeddings = tables + [None] * (self.num_layers - 2 * len(tables)) + tables
@@ -754,6 +765,7 @@ def distributed_environment() -> tuple[int, int, torch.device]:
     if torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
+        torch.empty(1, device=device, requires_grad=True).backward()  # as the record: "prevents a bug on some systems"
     else:
         device = torch.device("cpu")
     return rank, world_size, device
@@ -851,13 +863,21 @@ def compiles(args: Hyperparameters, device: torch.device) -> bool:
     return args.compile == "true" or (args.compile == "auto" and device.type == "cuda")
 
 
+def attention_mask_function(args: Hyperparameters, device: torch.device):
+    """FlexAttention's block mask on the GPU (FlexAttention has no CPU backward), the dense mask for SDPA on
+    the CPU."""
+    if device.type != "cuda":
+        return dense_sliding_window_mask
+    return compiled_sliding_window_block_mask if compiles(args, device) else sliding_window_block_mask
+
+
 def build_model(args: Hyperparameters, device: torch.device) -> GPT:
     activation_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32,
                         "auto": torch.bfloat16 if device.type == "cuda" else torch.float32}[args.compute_dtype]
     model = GPT(vocab_size=args.vocab_size, num_layers=args.num_layers, model_dim=args.model_dim,
                 num_heads=args.num_heads, num_kv_heads=args.num_kv_heads, mlp_dim=args.mlp_dim,
                 max_seq_len=args.sequence_length, logit_softcap=args.logit_softcap,
-                attention_free_layers=attention_free_layers(args), use_flex_attention=device.type == "cuda",
+                attention_free_layers=attention_free_layers(args), mask_function=attention_mask_function(args, device),
                 activation_dtype=activation_dtype)
     if args.bf16_embeddings:
         for module in model.modules():

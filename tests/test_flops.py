@@ -15,7 +15,8 @@ def counted_training_flops(num_kv_heads, attention_free_layers, backend, custom_
     """FlopCounterMode's count for one forward (with the loss) + backward of a small GPT on the CPU path."""
     torch.manual_seed(0)
     model = train_gpt.GPT(**SMALL, num_kv_heads=num_kv_heads, max_seq_len=SEQUENCE_LENGTH, logit_softcap=15.0,
-                          attention_free_layers=attention_free_layers, use_flex_attention=False)
+                          attention_free_layers=attention_free_layers,
+                          mask_function=train_gpt.dense_sliding_window_mask)
     inputs, targets = torch.randint(0, SMALL["vocab_size"], (2, SEQUENCE_LENGTH))
     counter = FlopCounterMode(display=False, custom_mapping=custom_mapping or {})
     with sdpa_kernel(backend), counter:

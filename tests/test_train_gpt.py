@@ -285,6 +285,28 @@ def test_flex_attention_agrees_with_sdpa_dense_mask(layout, window, heads, kv_he
     assert (causal - sdpa).abs().max() > 0.1
 
 
+@pytest.mark.parametrize("device,compile,expected", [
+    ("cpu", "auto", "dense_sliding_window_mask"), ("cpu", "true", "dense_sliding_window_mask"),
+    ("cuda", "auto", "compiled_sliding_window_block_mask"), ("cuda", "false", "sliding_window_block_mask")])
+def test_attention_mask_function_is_chosen_once_per_device_and_compilation(device, compile, expected):
+    args = train_gpt.Hyperparameters(compile=compile)
+    assert train_gpt.attention_mask_function(args, torch.device(device)) is getattr(train_gpt, expected)
+
+
+def test_compiled_block_mask_leaves_the_window_to_the_block_lists():
+    """Same block lists; mask_mod without the window term (the record's), where eager's has it."""
+    documents = LAYOUTS["single"]
+    window = torch.tensor(1, dtype=torch.int32)
+    eager = train_gpt.sliding_window_block_mask(documents, window)
+    compiled = train_gpt.compiled_sliding_window_block_mask(documents, window)
+    for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"):
+        assert torch.equal(getattr(eager, name), getattr(compiled, name)), name
+    query, key = torch.tensor(3 * BLOCK), torch.tensor(BLOCK)  # same document, two blocks back: outside the window
+    zero = torch.tensor(0)
+    assert not eager.mask_mod(zero, zero, query, key) and compiled.mask_mod(zero, zero, query, key)
+    assert not compiled.mask_mod(zero, zero, key, query)  # still causal
+
+
 def test_compiled_flex_attention_uses_the_block_lists():
     """Compiled FlexAttention (the GPU's path; its forward also compiles on CPU) visits only the listed blocks
     and skips mask_mod in full ones, unlike eager FlexAttention. So it agrees with the dense rule only if
@@ -341,13 +363,13 @@ def tiny_tokens(length=256, seed=0):  # EOT about every 200 tokens: documents sp
 def test_model_flex_and_sdpa_paths_agree_in_forward(kv_heads, compute_dtype):
     model, args = tiny_model(num_kv_heads=kv_heads, compute_dtype=compute_dtype)
     inputs, targets = tiny_tokens(length=512)  # 4 blocks, documents spanning several of them
-    assert model.use_flex_attention is False  # build_model picks SDPA on CPU
+    assert model.mask_function is train_gpt.dense_sliding_window_mask  # build_model picks SDPA on CPU
     window = torch.tensor(2, dtype=torch.int32)  # narrower than the sequence: the window matters
     with torch.no_grad():
         sdpa_logits = model(inputs, None, window)
         sdpa_loss = model(inputs, targets, window)
         other_window_loss = model(inputs, targets, torch.tensor(1, dtype=torch.int32))
-        model.use_flex_attention = True
+        model.mask_function = train_gpt.sliding_window_block_mask
         flex_logits = model(inputs, None, window)
         flex_loss = model(inputs, targets, window)
     assert sdpa_logits.shape == (len(inputs), args.vocab_size)
@@ -371,7 +393,7 @@ def test_compiled_model_with_flex_attention_matches_and_never_recompiles_for_a_n
     window = torch.tensor(2, dtype=torch.int32)
     with torch.no_grad():
         sdpa_losses = [model(inputs, targets, torch.tensor(w, dtype=torch.int32)).item() for w in (2, 4)]
-        model.use_flex_attention = True
+        model.mask_function = train_gpt.compiled_sliding_window_block_mask  # as build_model on a GPU
         compiled = torch.compile(model, dynamic=False)
         flex_losses = [compiled(inputs, targets, window).item()]
         window.fill_(4)
