@@ -908,9 +908,13 @@ def check_run_outputs(args: Hyperparameters):
 def check_checkpoint_space(args: Hyperparameters):
     """The checkpoint folder can be created and the disk holds the checkpoints the run keeps at once (the newest
     keep_checkpoints and the one being written), so that no checkpoint fails for want of space known at the start."""
-    folder = LOGS / (args.run_id or "x")
-    if args.run_id and folder.exists() and not folder.is_dir():
-        raise InputError(f"{folder} is a file, where the run's checkpoints would go; choose another --run_id")
+    folder = LOGS / args.run_id
+    if args.run_id and folder.exists():
+        if not folder.is_dir():
+            raise InputError(f"{folder} is a file, where the run's checkpoints would go; choose another --run_id")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise InputError(f"{folder}: cannot write the run's checkpoints into it (permissions); choose another "
+                             "--run_id")
     periodic = (args.num_iterations - 1) // args.checkpoint_every if args.checkpoint_every else 0
     written = max(periodic + args.save_checkpoint, 1)  # a stop signal writes one when checkpoint_every > 0
     checkpoint = model_state_bytes(args)[0]
@@ -1303,7 +1307,21 @@ def setting_warnings(args: Hyperparameters, first_step: int) -> list[str]:
                          "no periodic checkpoint will be written (save_checkpoint=true writes one at the end)")
     if max(args.muon_lr, args.embed_lr, args.head_lr, args.scalar_lr) == 0:
         found.append("every learning rate is 0: the weights never change and the model will not learn")
+    defaults = Hyperparameters()
+    for name, (in_effect, needs) in SETTINGS_IN_EFFECT_ONLY_WITH.items():
+        if getattr(args, name) != getattr(defaults, name) and not in_effect(args):
+            found.append(f"{name}={getattr(args, name)!r} has no effect without {needs}")
     return found
+
+
+# Settings that do something only together with another: (is the other set, what it is).
+SETTINGS_IN_EFFECT_ONLY_WITH = {
+    "sample_prompts": (lambda args: args.sample_at_end, "sample_at_end=true"),
+    "sample_tokens": (lambda args: args.sample_at_end, "sample_at_end=true"),
+    "keep_checkpoints": (lambda args: args.checkpoint_every > 0, "checkpoint_every > 0"),
+    "checkpoint_failure_stops": (lambda args: args.checkpoint_every > 0, "checkpoint_every > 0"),
+    "force_resume": (lambda args: bool(args.resume), "resume"),
+}
 
 
 def evaluate(run: Run, tr: Training) -> float:
@@ -1314,6 +1332,15 @@ def evaluate(run: Run, tr: Training) -> float:
             total += tr.ddp_model(inputs, targets, tr.window_blocks)
     dist.all_reduce(total)
     return total.item() / (len(tr.val_batches) * run.world_size)
+
+
+# A val loss within this of ln(vocab_size), the zero-initialized head's loss (every token equally likely), means
+# nothing was learned: one step of the tiny CPU model already gains 0.06; a diverged run sits there or above it.
+NOT_LEARNED_MARGIN = 0.05
+
+
+def not_learned(val_loss: float, args: Hyperparameters) -> bool:
+    return val_loss > math.log(args.vocab_size) - NOT_LEARNED_MARGIN
 
 
 def validate(run: Run, tr: Training):
@@ -1332,6 +1359,10 @@ def validate(run: Run, tr: Training):
                     f"{tr.timed_steps * args.batch_size / seconds:.0f} mfu:{mfu}", console=True)
         if not math.isfinite(val_loss):
             tr.stop_reason = tr.stop_reason or f"val loss is {val_loss} at step {tr.step}"
+        elif tr.first_step < tr.step < args.num_iterations and not_learned(val_loss, args):  # finish() decides at the end
+            run.log(f"warning: val loss {val_loss:.4f} at step {tr.step} is no better than the untrained model's "
+                    f"ln(vocab_size) = {math.log(args.vocab_size):.4f}: the model is not learning (a learning rate far "
+                    "too large, or 0?)", console=True)
 
 
 def train_step(run: Run, tr: Training, stop_requested: bool):
@@ -1550,11 +1581,6 @@ def resume_from_checkpoint(run: Run, model: GPT, adam: torch.optim.Adam, muon: M
 # The run: setup, training, finish
 
 
-# A run whose final val loss is within this of ln(vocab_size) learned nothing (one step of the tiny CPU model already
-# gains 0.06); a diverged one sits there or above it.
-NOT_LEARNED_MARGIN = 0.05
-
-
 def finish(run: Run, tr: Training, signals: StopSignals) -> int:
     """The run's last words: why it stopped (with how to resume), or its figures, checkpoint and samples.
     Returns the exit status."""
@@ -1566,9 +1592,8 @@ def finish(run: Run, tr: Training, signals: StopSignals) -> int:
         received = signals.received.name if signals.received is not None else "a stop signal on another rank"
         if args.checkpoint_every > 0:
             path = save_checkpoint(run, tr) if tr.last_checkpoint_step != tr.step else run.checkpoint_path(tr.step)
-            remedy = (f"resume with --resume={path}" if path is not None else "its checkpoint could not be written" +
-                      (f", resume from step {tr.last_checkpoint_step} with --resume={run.checkpoint_dir}"
-                       if tr.last_checkpoint_step is not None else ""))
+            remedy = (f"resume with --resume={path}" if path is not None
+                      else "its checkpoint could not be written, so it cannot be resumed from this step")
         else:
             remedy = "no checkpoint (checkpoint_every=0), so it cannot be resumed"
         run.log(f"stopping: received {received} at step {tr.step}; {remedy}; log: {run.log_path}", console=True)
@@ -1579,11 +1604,10 @@ def finish(run: Run, tr: Training, signals: StopSignals) -> int:
     else:
         memory = f"peak memory (max RSS of rank 0): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB"
     run.log(memory, console=True)
-    untrained_loss = math.log(args.vocab_size)  # the zero-initialized head's: every token equally likely
-    if tr.last_val_loss > untrained_loss - NOT_LEARNED_MARGIN:
+    if not_learned(tr.last_val_loss, args):
         run.log(f"stopping: the model did not learn: val loss {tr.last_val_loss:.4f} at step {tr.step} is no better "
-                f"than the untrained model's ln(vocab_size) = {untrained_loss:.4f}; a learning rate far too large (or "
-                "0) is the usual cause", console=True)
+                f"than the untrained model's ln(vocab_size) = {math.log(args.vocab_size):.4f}; a learning rate far too "
+                "large (or 0) is the usual cause", console=True)
         return 1
     # The result first: a checkpoint or samples that fail after it do not lose it.
     step_avg = tr.training_time_ms / tr.timed_steps if tr.timed_steps else 0.0

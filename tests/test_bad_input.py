@@ -172,6 +172,13 @@ def test_checkpoints_the_disk_cannot_hold_are_refused_before_training(shards, tm
     train_gpt.check_run_outputs(dataclasses.replace(args, checkpoint_every=1, num_iterations=10))
     with pytest.raises(train_gpt.InputError, match=r"checkpoints need about .* \(4 of .* at once\).* keep_checkpoints"):
         train_gpt.check_run_outputs(dataclasses.replace(args, checkpoint_every=1, num_iterations=10, keep_checkpoints=3))
+    (tmp_path / "logs" / "tiny").mkdir()
+    train_gpt.check_run_outputs(args)  # an empty folder of that name is fine
+    with monkeypatch.context() as patch, pytest.raises(train_gpt.InputError,
+                                                       match="logs/tiny: cannot write the run's checkpoints into it"):
+        patch.setattr(train_gpt.os, "access", lambda path, mode: False)  # a read-only folder, to anyone but root
+        train_gpt.check_run_outputs(args)
+    (tmp_path / "logs" / "tiny").rmdir()
     (tmp_path / "logs" / "tiny").write_text("a file where the checkpoints would go")
     with pytest.raises(train_gpt.InputError, match="is a file, where the run's checkpoints would go"):
         train_gpt.check_run_outputs(args)
@@ -357,6 +364,11 @@ def test_a_shrinking_window_is_refused(shards):
     (dict(timing_warmup_steps=2, num_iterations=10), 8, "timing_warmup_steps=2 covers all 2 step(s)"),  # resumed
     (dict(checkpoint_every=4), 0, "checkpoint_every=4 is not below num_iterations=4"),
     (dict(muon_lr=0.0, embed_lr=0.0, head_lr=0.0, scalar_lr=0.0), 0, "every learning rate is 0"),
+    (dict(sample_tokens=100), 0, "sample_tokens=100 has no effect without sample_at_end=true"),
+    (dict(sample_prompts="Hello"), 0, "sample_prompts='Hello' has no effect without sample_at_end=true"),
+    (dict(keep_checkpoints=5, save_checkpoint=True), 0, "keep_checkpoints=5 has no effect without checkpoint_every"),
+    (dict(checkpoint_failure_stops=True), 0, "checkpoint_failure_stops=True has no effect without checkpoint_every"),
+    (dict(force_resume=True), 0, "force_resume=True has no effect without resume"),
 ])
 def test_settings_that_may_not_be_meant_are_warned_about(shards, overrides, first_step, fragment):
     assert [fragment in line for line in train_gpt.setting_warnings(tiny_args(shards, **overrides), first_step)] == [True]
@@ -372,8 +384,9 @@ def test_a_warning_goes_to_the_console_and_the_log_once(train, shards):
 @pytest.mark.parametrize("overrides", [dict(head_lr=1e6), dict(muon_lr=0.0, embed_lr=0.0, head_lr=0.0, scalar_lr=0.0)],
                          ids=["diverged", "all learning rates 0"])
 def test_a_run_that_did_not_learn_ends_with_an_error(train, shards, overrides):
-    outcome = train(shards, **overrides)
+    outcome = train(shards, val_loss_every=2, **overrides)
     assert outcome.status == 1 and "done:" not in outcome.stdout
+    assert "warning: val loss" in outcome.stdout and "at step 2 is no better than the untrained" in outcome.log
     final = [float(line.split("val_loss:")[1].split()[0]) for line in step_lines(outcome.log) if "val_loss" in line][-1]
     assert final > math.log(50304) - train_gpt.NOT_LEARNED_MARGIN
     assert "stopping: the model did not learn" in outcome.log and "ln(vocab_size) = 10.8258" in outcome.stdout
