@@ -1036,8 +1036,8 @@ def build_model(args: Hyperparameters, device: torch.device) -> GPT:
 def parameters_without_gradient(args: Hyperparameters) -> list[str]:
     """The parameters no loss reaches with these settings (a value embedding that only attention-free layers would
     use), found by one forward and backward of a small copy of the model on the CPU: the same layers and names, with
-    4-dim heads and 128 words. DDP stops a run with unused parameters with a traceback about unfinished reductions."""
-    small = dataclasses.replace(args, vocab_size=ATTENTION_BLOCK, model_dim=4 * args.num_heads, mlp_dim=4,
+    one 4-dim head and 128 words. DDP stops a run with unused parameters with a traceback about unfinished reductions."""
+    small = dataclasses.replace(args, vocab_size=ATTENTION_BLOCK, model_dim=4, num_heads=1, num_kv_heads=1, mlp_dim=4,
                                 sequence_length=ATTENTION_BLOCK, bf16_embeddings=False, compute_dtype="float32")
     with torch.random.fork_rng(devices=[]):  # leaves the seed of the real model's weights alone
         model = build_model(small, torch.device("cpu"))
