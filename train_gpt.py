@@ -634,7 +634,7 @@ def attention_free_layers(args: Hyperparameters) -> tuple[int, ...]:
 # Integers the libraries hold in fewer bits than Python: (largest value, where it goes). Every other integer goes
 # into an int64 somewhere (seeds, counts, tensor sizes).
 INTEGER_LIMITS = {
-    "collective_timeout_s": (2**63 // 10**9, "the process group's store counts its timeout in int64 nanoseconds"),
+    "collective_timeout_s": (10**9, "31 years: the process group adds it to a clock of int64 nanoseconds"),
     "window_start_tokens": (2**31 - 1, "the window lives in an int32 tensor"),
     "window_end_tokens": (2**31 - 1, "the window lives in an int32 tensor"),
 }
@@ -729,6 +729,13 @@ def check_run_inputs(args: Hyperparameters, world_size: int) -> tuple[list[str],
                          "DDP stops on unused parameters; keep attention in a layer that uses each (value embedding i "
                          "feeds layers i and num_layers - 3 + i)")
     check_samples_fit(args)
+    if args.resume:
+        try:
+            os.stat(args.resume)
+        except FileNotFoundError:  # find_checkpoint says so, with the remedy
+            pass
+        except OSError as error:  # a name too long for the file system, a folder that cannot be searched
+            raise InputError(f"--resume={args.resume[:60]!r}...: {error.strerror or error}") from None
     return train_files, val_files
 
 
