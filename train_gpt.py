@@ -1589,8 +1589,8 @@ def resume_from_checkpoint(run: Run, model: GPT, adam: torch.optim.Adam, muon: M
 
 
 def finish(run: Run, tr: Training, signals: StopSignals) -> int:
-    """The run's last words: why it stopped (with how to resume), or its figures, checkpoint and samples.
-    Returns the exit status."""
+    """The run's last words: why it stopped (with how to resume), or that it learned nothing, or its figures, and
+    only then its checkpoint and samples. Returns the exit status."""
     args = run.args
     if tr.stop_reason is not None:
         run.log(f"stopping: {tr.stop_reason}", console=True)
