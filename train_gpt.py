@@ -593,9 +593,9 @@ class Hyperparameters:
 # Fields that leave the trained weights unchanged: a resumed run may change them. (records/compare.py groups
 # repeated runs by a narrower set, FIELDS_IGNORED_FOR_GROUPING: data, validation and compilation still split.)
 BOOKKEEPING_FIELDS = ("val_loss_every", "timing_warmup_steps", "run_id", "save_checkpoint", "checkpoint_every",
-                      "keep_checkpoints", "checkpoint_failure_stops", "resume", "force_resume", "sample_at_end", "sample_prompts",
+                      "keep_checkpoints", "resume", "force_resume", "sample_at_end", "sample_prompts",
                       "sample_tokens", "compile", "coordinate_descent_tuning", "peak_tflops",
-                      "collective_timeout_s", "train_files", "val_files")
+                      "collective_timeout_s", "train_files", "val_files", "checkpoint_failure_stops")
 
 
 def parse_hyperparameters(argv: list[str]) -> Hyperparameters:
@@ -797,8 +797,8 @@ def check_samples_fit(args: Hyperparameters):
         prompt_tokens = len(encoding.encode_ordinary(prompt))
         if prompt_tokens + args.sample_tokens > args.sequence_length:
             raise InputError(f"sample_prompts: {prompt[:40]!r} is {prompt_tokens} tokens, which with sample_tokens="
-                             f"{args.sample_tokens} exceeds the model's context, sequence_length={args.sequence_length};"
-                             " shorten the prompt or lower sample_tokens")
+                             f"{args.sample_tokens} exceeds the model's context, sequence_length="
+                             f"{args.sequence_length}; shorten the prompt or lower sample_tokens")
 
 
 def log_samples(run: "Run", model: GPT, window_blocks: torch.Tensor):
@@ -1043,7 +1043,8 @@ def build_model(args: Hyperparameters, device: torch.device) -> GPT:
 def parameters_without_gradient(args: Hyperparameters) -> list[str]:
     """The parameters no loss reaches with these settings (a value embedding that only attention-free layers would
     use), found by one forward and backward of a small copy of the model on the CPU: the same layers and names, with
-    one 4-dim head and 128 words. DDP stops a run with unused parameters with a traceback about unfinished reductions."""
+    one 4-dim head and 128 words. DDP stops a run with unused parameters with a traceback about unfinished
+    reductions."""
     small = dataclasses.replace(args, vocab_size=ATTENTION_BLOCK, model_dim=4, num_heads=1, num_kv_heads=1, mlp_dim=4,
                                 sequence_length=ATTENTION_BLOCK, bf16_embeddings=False, compute_dtype="float32")
     with torch.random.fork_rng(devices=[]):  # leaves the seed of the real model's weights alone
@@ -1064,7 +1065,8 @@ def model_state_bytes(args: Hyperparameters) -> tuple[int, int]:
                          f"model can be built ({str(error).splitlines()[0][:200]})") from None
     hidden = {id(param) for param in model.blocks.parameters() if param.ndim >= 2}  # Muon's: one state, else Adam's two
     weights = sum(param.numel() * param.element_size() for param in model.parameters())
-    states = sum(param.numel() * param.element_size() * (1 if id(param) in hidden else 2) for param in model.parameters())
+    states = sum(param.numel() * param.element_size() * (1 if id(param) in hidden else 2)
+                 for param in model.parameters())
     return weights + states, 2 * weights + states
 
 
@@ -1272,8 +1274,8 @@ def build_training(run: Run) -> Training:
     adam, muon = build_optimizers(model, args, run.rank, run.world_size)
     resumed = resume_from_checkpoint(run, model, adam, muon) if args.resume else {}
     first_step = resumed.get("step", 0)
-    shard_check = ShardCheck(training_files_read(list(run.train_files), args.batch_size, first_step, args.num_iterations),
-                             args.vocab_size, run.rank, run.world_size)
+    files_read = training_files_read(list(run.train_files), args.batch_size, first_step, args.num_iterations)
+    shard_check = ShardCheck(files_read, args.vocab_size, run.rank, run.world_size)
     inductor_config.coordinate_descent_tuning = args.coordinate_descent_tuning
     compiled = torch.compile(model, dynamic=False) if compiles(args, run.device) else model
     # Our only buffers (rotary tables) are identical on every rank, so DDP need not broadcast them each
@@ -1366,7 +1368,7 @@ def validate(run: Run, tr: Training):
                     f"{tr.timed_steps * args.batch_size / seconds:.0f} mfu:{mfu}", console=True)
         if not math.isfinite(val_loss):
             tr.stop_reason = tr.stop_reason or f"val loss is {val_loss} at step {tr.step}"
-        elif tr.first_step < tr.step < args.num_iterations and not_learned(val_loss, args):  # finish() decides at the end
+        elif tr.first_step < tr.step < args.num_iterations and not_learned(val_loss, args):  # finish() judges the last
             run.log(f"warning: val loss {val_loss:.4f} at step {tr.step} is no better than the untrained model's "
                     f"ln(vocab_size) = {math.log(args.vocab_size):.4f}: the model is not learning (a learning rate far "
                     "too large, or 0?)", console=True)
@@ -1446,7 +1448,8 @@ def train(run: Run, tr: Training, signals: StopSignals):
         train_step(run, tr, stop_requested=signals.received is not None)
         if args.checkpoint_every > 0 and tr.step % args.checkpoint_every == 0 and tr.step < args.num_iterations:
             if save_checkpoint(run, tr) is None and args.checkpoint_failure_stops:
-                tr.stop_reason = f"the checkpoint of step {tr.step} could not be written (checkpoint_failure_stops=true)"
+                tr.stop_reason = (f"the checkpoint of step {tr.step} could not be written "
+                                  "(checkpoint_failure_stops=true)")
     report_pending_loss(run, tr)
 
 

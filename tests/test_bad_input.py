@@ -171,7 +171,8 @@ def test_checkpoints_the_disk_cannot_hold_are_refused_before_training(shards, tm
     train_gpt.check_run_outputs(args)
     train_gpt.check_run_outputs(dataclasses.replace(args, checkpoint_every=1, num_iterations=10))
     with pytest.raises(train_gpt.InputError, match=r"checkpoints need about .* \(4 of .* at once\).* keep_checkpoints"):
-        train_gpt.check_run_outputs(dataclasses.replace(args, checkpoint_every=1, num_iterations=10, keep_checkpoints=3))
+        train_gpt.check_run_outputs(dataclasses.replace(args, checkpoint_every=1, num_iterations=10,
+                                                        keep_checkpoints=3))
     (tmp_path / "logs" / "tiny").mkdir()
     train_gpt.check_run_outputs(args)  # an empty folder of that name is fine
     with monkeypatch.context() as patch, pytest.raises(train_gpt.InputError,
