@@ -997,14 +997,14 @@ def setup(args: Hyperparameters) -> Run:
 
 
 def teardown(run: Run):
-    """Closes the log and leaves the process group. Every rank waits for the others first: gloo's worker threads
-    need the GIL to release the last collectives' tensors while teardown holds it, and without the barrier a
-    CPU run sometimes hung at exit."""
+    """Leaves the process group and closes the log (open until then, so that a failure here is logged). Every rank
+    waits for the others first: gloo's worker threads need the GIL to release the last collectives' tensors while
+    teardown holds it, and without the barrier a CPU run sometimes hung at exit."""
+    dist.barrier()
+    dist.destroy_process_group()
     if run.logfile is not None:
         with suppress(OSError):  # its last lines were flushed, or LogWriteError said why not
             run.logfile.close()
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 def abandon(run: Run, exit_status: int):
@@ -1316,6 +1316,12 @@ def setting_warnings(args: Hyperparameters, first_step: int) -> list[str]:
                          "no periodic checkpoint will be written (save_checkpoint=true writes one at the end)")
     if max(args.muon_lr, args.embed_lr, args.head_lr, args.scalar_lr) == 0:
         found.append("every learning rate is 0: the weights never change and the model will not learn")
+    if args.muon_momentum_start > args.muon_momentum and args.momentum_warmup_steps > 0:
+        found.append(f"muon_momentum_start={args.muon_momentum_start} is above muon_momentum={args.muon_momentum}: "
+                     "Muon's momentum falls during its warm-up")
+    if args.val_loss_every > args.num_iterations:
+        found.append(f"val_loss_every={args.val_loss_every} is beyond num_iterations={args.num_iterations}: the "
+                     "validation loss is measured only at the last step")
     defaults = Hyperparameters()
     for name, (in_effect, needs) in SETTINGS_IN_EFFECT_ONLY_WITH.items():
         if getattr(args, name) != getattr(defaults, name) and not in_effect(args):
@@ -1665,14 +1671,17 @@ def main(argv: list[str]) -> int:
         run.log(f"stopping: interrupted {at_step()}; log: {run.log_path}", console=True)
         abandon(run, 130)
     except Exception as error:
-        if collective_failed(error):  # another rank died or stopped responding; it reports its own error
+        if tr is not None and tr.finished:  # the done: line stands; records/compare.py keeps counting the run
+            message = f"warning: after the run finished: {type(error).__name__}: {str(error).splitlines()[0][:300]}"
+            run.log(message)
+            print(message, file=sys.stderr, flush=True)
+            if not collective_failed(error):
+                traceback.print_exc()
+        elif collective_failed(error):  # another rank died or stopped responding; it reports its own error
             message = (f"stopping: rank {run.rank} lost its peers {at_step()} (another rank died or stopped "
                        f"responding): {str(error).splitlines()[0][:300]}")
             run.log(message)
             print(message, file=sys.stderr, flush=True)
-        elif tr is not None and tr.finished:  # the done: line stands; records/compare.py keeps counting the run
-            run.log(f"warning: after the run finished: {type(error).__name__}: {str(error).splitlines()[0][:300]}")
-            traceback.print_exc()
         else:  # a real bug: into the log for records/compare.py, then its traceback, once
             run.log(f"stopping: {type(error).__name__}: {error} {at_step()}")
             traceback.print_exc()
