@@ -25,15 +25,17 @@ import json
 import math
 import re
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import uuid
 import warnings
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -357,10 +359,14 @@ def read_shard_header(path: str) -> int:
     """Checks a shard's header and size against each other; returns its number of tokens."""
     if not os.path.isfile(path):
         raise InputError(f"{path}: not a regular file; shard patterns must match only token shards")
-    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            header = np.fromfile(f, dtype="<i4", count=256)
+    except OSError as error:
+        raise InputError(f"{path}: cannot read it: {error.strerror or error}") from None
     if size < SHARD_HEADER_BYTES:
         raise InputError(f"{path}: {size} bytes, shorter than the {SHARD_HEADER_BYTES}-byte shard header")
-    header = np.fromfile(path, dtype="<i4", count=256)
     if header[0] != SHARD_MAGIC:
         raise InputError(f"{path}: magic number {header[0]}, expected {SHARD_MAGIC}: not a token shard")
     if header[1] != SHARD_VERSION:
@@ -373,20 +379,73 @@ def read_shard_header(path: str) -> int:
     return num_tokens
 
 
-def load_shard(path: str, vocab_size: int | None = None, pin_memory: bool = False) -> torch.Tensor:
-    """The whole shard's tokens (pinned for asynchronous copies to the GPU). With vocab_size, every token id
-    is checked first: an id outside the embedding would otherwise crash the run (a device-side assert)."""
-    num_tokens = read_shard_header(path)
-    tokens = torch.empty(num_tokens, dtype=torch.uint16, pin_memory=pin_memory)
-    with open(path, "rb", buffering=0) as f:
-        f.seek(SHARD_HEADER_BYTES)
-        assert f.readinto(tokens.numpy()) == 2 * num_tokens, f"{path}: short read"
-    token_ids = tokens.numpy()
-    if vocab_size is not None and num_tokens and token_ids.max() >= vocab_size:  # one vectorised max per shard
+def check_token_ids(path: str, token_ids: np.ndarray, vocab_size: int):
+    """An id outside the embedding would crash the run (a device-side assert): one vectorised max per shard."""
+    if len(token_ids) and token_ids.max() >= vocab_size:
         position = int(np.argmax(token_ids >= vocab_size))
         raise InputError(f"{path}: token id {token_ids[position]} at position {position} is outside the vocabulary "
                          f"(vocab_size={vocab_size}): the shard is corrupt or from another tokenizer")
+
+
+def load_shard(path: str, vocab_size: int | None = None, pin_memory: bool = False) -> torch.Tensor:
+    """The whole shard's tokens (pinned for asynchronous copies to the GPU). With vocab_size, every token id
+    is checked first."""
+    num_tokens = read_shard_header(path)
+    tokens = torch.empty(num_tokens, dtype=torch.uint16, pin_memory=pin_memory)
+    try:
+        with open(path, "rb", buffering=0) as f:
+            f.seek(SHARD_HEADER_BYTES)
+            assert f.readinto(tokens.numpy()) == 2 * num_tokens, f"{path}: short read"
+    except OSError as error:
+        raise InputError(f"{path}: cannot read it: {error.strerror or error}") from None
+    if vocab_size is not None:
+        check_token_ids(path, tokens.numpy(), vocab_size)
     return tokens
+
+
+def training_files_read(files: list[str], batch_size: int, first_step: int, num_iterations: int) -> list[str]:
+    """The training shards that steps first_step + 1 .. num_iterations read (training_batches' walk)."""
+    read, batches_before = [], 0
+    for path in files:
+        count = batch_count(read_shard_header(path), batch_size)
+        if count and batches_before + count > first_step and batches_before < num_iterations:
+            read.append(path)
+        batches_before += count
+    return read
+
+
+class ShardCheck:
+    """Checks the token ids of every training shard the run reads in a background thread, while the model is built
+    and the first step compiles (the record's nine shards: 1.8 GB, a few seconds of numpy, which leaves the GIL
+    free), so that a bad shard stops the run before its first timed step, not when it is reached. Rank r checks
+    every world_size-th file; result() is a collective: every rank stops with the same error, the first file's."""
+
+    def __init__(self, files: list[str], vocab_size: int, rank: int, world_size: int):
+        self.world_size, self.error = world_size, None  # (index in files, message)
+        mine = list(enumerate(files))[rank::world_size]
+        self.thread = threading.Thread(target=self._check, args=(mine, vocab_size), daemon=True)
+        self.thread.start()
+
+    def _check(self, files: list[tuple[int, str]], vocab_size: int):
+        for index, path in files:
+            try:
+                num_tokens = read_shard_header(path)
+                check_token_ids(path, np.memmap(path, dtype="<u2", mode="r", offset=SHARD_HEADER_BYTES,
+                                                shape=(num_tokens,)) if num_tokens else np.empty(0), vocab_size)
+            except InputError as error:
+                self.error = (index, str(error))
+            except Exception as error:  # an I/O error while reading: the file is unusable all the same
+                self.error = (index, f"{path}: cannot read it: {error}")
+            if self.error is not None:
+                return
+
+    def result(self):
+        self.thread.join()
+        found = [None] * self.world_size
+        dist.all_gather_object(found, self.error)
+        errors = sorted(error for error in found if error is not None)
+        if errors:
+            raise InputError(errors[0][1])
 
 
 def batch_count(num_tokens: int, batch_tokens: int, last_target_optional: bool = False) -> int:
@@ -523,6 +582,8 @@ class Hyperparameters:
     checkpoint_every: int = setting(0, "write a checkpoint every this many steps; 0: never (record attempts)",
                                     "non_negative")
     keep_checkpoints: int = setting(2, "how many of the run's newest checkpoints to keep", "positive")
+    checkpoint_failure_stops: bool = setting(False, "stop the run when a periodic checkpoint cannot be written "
+                                             "(a full disk); false: report it in one line and train on")
     resume: str = setting("", "continue from a checkpoint file, or a run's folder (its newest complete checkpoint)")
     force_resume: bool = setting(False, "resume even where hyperparameters that change the math differ")
     sample_at_end: bool = setting(False, "continue sample_prompts with the trained model, into console and log")
@@ -545,7 +606,7 @@ class Hyperparameters:
 BOOKKEEPING_FIELDS = ("val_loss_every", "timing_warmup_steps", "run_id", "save_checkpoint", "checkpoint_every",
                       "keep_checkpoints", "resume", "force_resume", "sample_at_end", "sample_prompts",
                       "sample_tokens", "compile", "coordinate_descent_tuning", "peak_tflops",
-                      "collective_timeout_s", "train_files", "val_files")
+                      "collective_timeout_s", "train_files", "val_files", "checkpoint_failure_stops")
 
 
 def parse_hyperparameters(argv: list[str]) -> Hyperparameters:
@@ -581,12 +642,25 @@ def attention_free_layers(args: Hyperparameters) -> tuple[int, ...]:
     return tuple(int(index) for index in args.attention_free_layers.split(",") if index.strip())
 
 
+# Integers the libraries hold in fewer bits than Python: (largest value, where it goes). Every other integer goes
+# into an int64 somewhere (seeds, counts, tensor sizes).
+INTEGER_LIMITS = {
+    "collective_timeout_s": (10**9, "31 years: the process group adds it to a clock of int64 nanoseconds"),
+    "window_start_tokens": (2**31 - 1, "the window lives in an int32 tensor"),
+    "window_end_tokens": (2**31 - 1, "the window lives in an int32 tensor"),
+}
+
+
 def check_hyperparameters(args: Hyperparameters, world_size: int):
     """Each value in its range and the values consistent with each other; raises InputError naming the field."""
     for setting_field in dataclasses.fields(args):
         value, valid = getattr(args, setting_field.name), setting_field.metadata["valid"]
         if valid is not None and not RANGES[valid][0](value):
             raise InputError(f"{setting_field.name}={value!r}: expected {RANGES[valid][1]}")
+        if type(value) is int:
+            limit, where = INTEGER_LIMITS.get(setting_field.name, (2**63 - 1, "the libraries hold it in an int64"))
+            if value > limit:
+                raise InputError(f"{setting_field.name}={value}: too large, at most {limit} ({where})")
     if args.sequence_length % ATTENTION_BLOCK:
         raise InputError(f"sequence_length={args.sequence_length} is not a multiple of {ATTENTION_BLOCK}, "
                          "the attention block size")
@@ -614,6 +688,10 @@ def check_hyperparameters(args: Hyperparameters, world_size: int):
     for name in ("window_start_tokens", "window_end_tokens"):
         if getattr(args, name) < ATTENTION_BLOCK:
             raise InputError(f"{name}={getattr(args, name)}: a window needs at least one {ATTENTION_BLOCK}-token block")
+    if args.window_end_tokens < args.window_start_tokens:
+        raise InputError(f"window_end_tokens={args.window_end_tokens} is below window_start_tokens="
+                         f"{args.window_start_tokens}: the attention window would shrink as training goes on; the "
+                         "window grows from the start to the end value")
     for name, choices in (("compile", ("auto", "true", "false")), ("compute_dtype", ("auto", "bfloat16", "float32"))):
         if getattr(args, name) not in choices:
             raise InputError(f"{name}={getattr(args, name)!r}: expected one of {', '.join(choices)}")
@@ -649,6 +727,26 @@ def check_run_inputs(args: Hyperparameters, world_size: int) -> tuple[list[str],
                          f" of {global_micro_batch:,}) but the {len(val_files)} shard(s) matching "
                          f"{args.val_files!r} hold {val_micro_batches} micro-batches; lower val_tokens or use a "
                          "larger validation set")
+    val_identities = {(os.stat(path).st_dev, os.stat(path).st_ino) for path in val_files}  # links count as the same
+    shared = [path for path in train_files if (os.stat(path).st_dev, os.stat(path).st_ino) in val_identities]
+    if shared:
+        raise InputError(f"{shared[0]} ({len(shared)} shard(s) in all) matches both train_files={args.train_files!r} "
+                         f"and val_files={args.val_files!r}: training on validation shards breaks the speedrun's first "
+                         "rule; narrow train_files (FineWeb: fineweb_train_*.bin)")
+    unused = parameters_without_gradient(args)
+    if unused:
+        raise InputError(f"num_layers={args.num_layers}, attention_free_layers={args.attention_free_layers!r}: "
+                         f"{', '.join(unused)} would never get a gradient (no layer that has attention uses it), and "
+                         "DDP stops on unused parameters; keep attention in a layer that uses each (value embedding i "
+                         "feeds layers i and num_layers - 3 + i)")
+    check_samples_fit(args)
+    if args.resume:
+        try:
+            os.stat(args.resume)
+        except FileNotFoundError:  # find_checkpoint says so, with the remedy
+            pass
+        except OSError as error:  # a name too long for the file system, a folder that cannot be searched
+            raise InputError(f"--resume={args.resume[:60]!r}...: {error.strerror or error}") from None
     return train_files, val_files
 
 
@@ -696,6 +794,24 @@ def continue_prompt(model: GPT, prompt_tokens: list[int], num_tokens: int, windo
     return tokens[1 + len(prompt_tokens):]
 
 
+def check_samples_fit(args: Hyperparameters):
+    """Each prompt and its sampled tokens must fit in the model's context (sequence_length: the rotary table's
+    length); checked before training, since sampling comes after it."""
+    if not args.sample_at_end:
+        return
+    try:
+        from data.tokenizer import gpt2_encoding
+        encoding = gpt2_encoding()
+    except Exception:  # log_samples says so at the end: the samples are skipped, nothing fails
+        return
+    for prompt in args.sample_prompts.split("|"):
+        prompt_tokens = len(encoding.encode_ordinary(prompt))
+        if prompt_tokens + args.sample_tokens > args.sequence_length:
+            raise InputError(f"sample_prompts: {prompt[:40]!r} is {prompt_tokens} tokens, which with sample_tokens="
+                             f"{args.sample_tokens} exceeds the model's context, sequence_length="
+                             f"{args.sequence_length}; shorten the prompt or lower sample_tokens")
+
+
 def log_samples(run: "Run", model: GPT, window_blocks: torch.Tensor):
     try:  # the tokenizer lives in data/ beside this file (on sys.path as the script's directory)
         from data.tokenizer import gpt2_encoding
@@ -741,12 +857,24 @@ class Run:
         return self.checkpoint_dir / f"step_{step:06d}.pt"
 
     def log(self, text: str, console: bool = False):
-        """Rank 0 writes a line to the log (flushed, so a crash loses nothing) and, if asked, to the console."""
+        """Rank 0 writes a line to the log (flushed, so a crash loses nothing), then, if asked, to the console. A log
+        that cannot be written stops the run with one line; a console that is gone (a closed pipe) does not."""
         if self.rank == 0:
+            try:
+                self.logfile.write(text + "\n")
+                self.logfile.flush()
+            except OSError as error:  # a full disk, a file-size limit (ulimit -f)
+                raise LogWriteError(f"{self.log_path}: cannot write the log: {error.strerror or error}; free space "
+                                    "or raise the file-size limit (ulimit -f)") from None
             if console:
-                print(text, flush=True)
-            self.logfile.write(text + "\n")
-            self.logfile.flush()
+                try:
+                    print(text, flush=True)
+                except OSError:
+                    sys.stdout = open(os.devnull, "w")  # the log has every line; the console is gone for good
+
+
+class LogWriteError(InputError):
+    """The log itself cannot be written: said on the console only."""
 
 
 def free_port() -> int:
@@ -783,11 +911,39 @@ def check_run_outputs(args: Hyperparameters):
         os.remove(LOGS / f".write-test-{os.getpid()}")
     except OSError as error:
         raise InputError(f"cannot write logs into {LOGS.resolve()}: {error.strerror or error}") from None
+    longest_name = os.pathconf(LOGS, "PC_NAME_MAX") - len(".txt")
+    if len(args.run_id) > longest_name:
+        raise InputError(f"run_id={args.run_id[:40]!r}... is {len(args.run_id)} characters; the file system's names in "
+                         f"{LOGS.resolve()} allow {longest_name} with the log's .txt")
+    if args.checkpoint_every or args.save_checkpoint:
+        check_checkpoint_space(args)
     if args.run_id:
         if (LOGS / f"{args.run_id}.txt").exists():
             raise InputError(f"{LOGS / args.run_id}.txt exists; logs are never overwritten, choose another --run_id")
         if list((LOGS / args.run_id).glob("step_*.pt")):
             raise InputError(f"{LOGS / args.run_id}/ already holds checkpoints; choose another --run_id")
+
+
+def check_checkpoint_space(args: Hyperparameters):
+    """The checkpoint folder can be created and the disk holds the checkpoints the run keeps at once (the newest
+    keep_checkpoints and the one being written), so that no checkpoint fails for want of space known at the start."""
+    folder = LOGS / args.run_id
+    if args.run_id and folder.exists():
+        if not folder.is_dir():
+            raise InputError(f"{folder} is a file, where the run's checkpoints would go; choose another --run_id")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise InputError(f"{folder}: cannot write the run's checkpoints into it (permissions); choose another "
+                             "--run_id")
+    periodic = (args.num_iterations - 1) // args.checkpoint_every if args.checkpoint_every else 0
+    written = max(periodic + args.save_checkpoint, 1)  # a stop signal writes one when checkpoint_every > 0
+    checkpoint = model_state_bytes(args)[0]
+    needed = checkpoint * min(written, args.keep_checkpoints + 1)
+    free = shutil.disk_usage(LOGS).free
+    if needed > free:
+        raise InputError(f"checkpoints need about {needed / 2**20:,.0f} MiB in {LOGS.resolve()} "
+                         f"({min(written, args.keep_checkpoints + 1)} of {checkpoint / 2**20:,.0f} MiB at once), but "
+                         f"only {free / 2**20:,.0f} MiB are free; free space, lower keep_checkpoints, or turn "
+                         "checkpoints off (checkpoint_every=0, save_checkpoint=false)")
 
 
 def environment_report(device: torch.device, world_size: int) -> str:
@@ -814,42 +970,60 @@ def setup(args: Hyperparameters) -> Run:
     rank, world_size, device = distributed_environment()
     try:
         train_files, val_files = check_run_inputs(args, world_size)
+        check_model_fits(args, device)
         check_run_outputs(args)
     except InputError as error:
         exit_on_input_error(error, rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None,
                             timeout=timedelta(seconds=args.collective_timeout_s))
-    run_id = [args.run_id or str(uuid.uuid4())]
-    dist.broadcast_object_list(run_id, src=0)  # every rank names checkpoints after rank 0's id
-    log_path = LOGS / f"{run_id[0]}.txt"
-    logfile = open(log_path, "x") if rank == 0 else None  # "x": fails rather than overwrite
+    run_id, logfile, problem = args.run_id or str(uuid.uuid4()), None, None
+    log_path = LOGS / f"{run_id}.txt"
+    if rank == 0:
+        try:
+            logfile = open(log_path, "x")  # "x" (O_EXCL): fails rather than overwrite
+        except FileExistsError:
+            problem = (f"{log_path} was created by another run a moment ago (after this one checked); logs are never "
+                       "overwritten, choose another --run_id")
+        except OSError as error:
+            problem = f"cannot create the log {log_path}: {error.strerror or error}"
+    shared = [run_id, problem]
+    dist.broadcast_object_list(shared, src=0)  # every rank names checkpoints after rank 0's id, and stops with it
+    if shared[1] is not None:
+        exit_on_input_error(InputError(shared[1]), rank)
+    run_id = shared[0]
+    log_path = LOGS / f"{run_id}.txt"
     run = Run(args=args, rank=rank, world_size=world_size, device=device, train_files=tuple(train_files),
               val_files=tuple(val_files), micro_batches_per_step=args.batch_size // (world_size * args.sequence_length),
-              run_id=run_id[0], log_path=log_path, logfile=logfile, code=Path(__file__).read_text())
-    run.log(run.code)
-    run.log("=" * 100)
-    run.log(environment_report(device, world_size), console=True)
-    run.log("hyperparameters: " + json.dumps(dataclasses.asdict(args)), console=True)
-    run.log(f"log: {log_path}, {run.micro_batches_per_step} micro-batch(es) of {args.sequence_length} tokens per rank "
-            "per step", console=True)
+              run_id=run_id, log_path=log_path, logfile=logfile, code=Path(__file__).read_text())
+    try:
+        run.log(run.code)
+        run.log("=" * 100)
+        run.log(environment_report(device, world_size), console=True)
+        run.log("hyperparameters: " + json.dumps(dataclasses.asdict(args)), console=True)
+        run.log(f"log: {log_path}, {run.micro_batches_per_step} micro-batch(es) of {args.sequence_length} tokens per "
+                "rank per step", console=True)
+    except LogWriteError as error:
+        exit_on_input_error(error, rank)
     return run
 
 
 def teardown(run: Run):
-    """Closes the log and leaves the process group. Every rank waits for the others first: gloo's worker threads
-    need the GIL to release the last collectives' tensors while teardown holds it, and without the barrier a
-    CPU run sometimes hung at exit."""
-    if run.logfile is not None:
-        run.logfile.close()
+    """Leaves the process group and closes the log (open until then, so that a failure here is logged). Every rank
+    waits for the others first: gloo's worker threads need the GIL to release the last collectives' tensors while
+    teardown holds it, and without the barrier a CPU run sometimes hung at exit."""
     dist.barrier()
     dist.destroy_process_group()
+    if run.logfile is not None:
+        with suppress(OSError):  # its last lines were flushed, or LogWriteError said why not
+            run.logfile.close()
 
 
 def abandon(run: Run, exit_status: int):
     """Leaves at once after a failure: a peer may be gone, and waiting for it in a teardown could hang."""
     if run.logfile is not None:
-        run.logfile.close()
+        with suppress(OSError):
+            run.logfile.close()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(exit_status)
@@ -884,6 +1058,50 @@ def build_model(args: Hyperparameters, device: torch.device) -> GPT:
             if isinstance(module, nn.Embedding):
                 module.bfloat16()
     return model.to(device)
+
+
+def parameters_without_gradient(args: Hyperparameters) -> list[str]:
+    """The parameters no loss reaches with these settings (a value embedding that only attention-free layers would
+    use), found by one forward and backward of a small copy of the model on the CPU: the same layers and names, with
+    one 4-dim head and 128 words. DDP stops a run with unused parameters with a traceback about unfinished
+    reductions."""
+    small = dataclasses.replace(args, vocab_size=ATTENTION_BLOCK, model_dim=4, num_heads=1, num_kv_heads=1, mlp_dim=4,
+                                sequence_length=ATTENTION_BLOCK, bf16_embeddings=False, compute_dtype="float32")
+    with torch.random.fork_rng(devices=[]):  # leaves the seed of the real model's weights alone
+        model = build_model(small, torch.device("cpu"))
+    tokens = torch.arange(ATTENTION_BLOCK + 1) % ATTENTION_BLOCK
+    model(tokens[:-1].int(), tokens[1:], torch.tensor(1)).backward()
+    return [name for name, param in model.named_parameters() if param.grad is None]
+
+
+def model_state_bytes(args: Hyperparameters) -> tuple[int, int]:
+    """(bytes of a checkpoint, bytes training holds on each rank before activations): weights, gradients, Adam's two
+    moments, Muon's momentum; counted on the meta device, which allocates nothing."""
+    try:
+        with torch.device("meta"):
+            model = build_model(args, torch.device("meta"))
+    except (RuntimeError, ValueError, OverflowError, MemoryError) as error:
+        raise InputError(f"model_dim={args.model_dim}, mlp_dim={args.mlp_dim}, num_layers={args.num_layers}: no such "
+                         f"model can be built ({str(error).splitlines()[0][:200]})") from None
+    hidden = {id(param) for param in model.blocks.parameters() if param.ndim >= 2}  # Muon's: one state, else Adam's two
+    weights = sum(param.numel() * param.element_size() for param in model.parameters())
+    states = sum(param.numel() * param.element_size() * (1 if id(param) in hidden else 2)
+                 for param in model.parameters())
+    return weights + states, 2 * weights + states
+
+
+def check_model_fits(args: Hyperparameters, device: torch.device):
+    """A model whose weights and optimizer states alone exceed the device's memory is refused before it is built."""
+    if device.type == "cuda":
+        memory, where = torch.cuda.get_device_properties(device).total_memory, torch.cuda.get_device_name(device)
+    else:
+        memory, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
+    ranks_sharing = 1 if device.type == "cuda" else int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    needed = model_state_bytes(args)[1] * ranks_sharing
+    if needed > memory:
+        raise InputError(f"model_dim={args.model_dim}, mlp_dim={args.mlp_dim}, num_layers={args.num_layers}, "
+                         f"vocab_size={args.vocab_size}: weights, gradients and optimizer states alone need "
+                         f"{needed / 2**30:,.1f} GiB, more than the {memory / 2**30:,.1f} GiB of {where}")
 
 
 def build_optimizers(model: GPT, args: Hyperparameters, rank: int, world_size: int) -> tuple[torch.optim.Adam, Muon]:
@@ -1012,6 +1230,8 @@ class Training:
     stop_requested: bool = False  # a rank received SIGINT or SIGTERM: stop after this step, resumable
     last_checkpoint_step: int | None = None
     last_val_loss: float | None = None
+    shard_check: ShardCheck | None = None  # until its result is in, before the first timed step
+    finished: bool = False  # the result is logged: what fails after it does not undo it
 
 
 def synchronize(run: Run):
@@ -1073,6 +1293,9 @@ def build_training(run: Run) -> Training:
     model = build_model(args, run.device)
     adam, muon = build_optimizers(model, args, run.rank, run.world_size)
     resumed = resume_from_checkpoint(run, model, adam, muon) if args.resume else {}
+    first_step = resumed.get("step", 0)
+    files_read = training_files_read(list(run.train_files), args.batch_size, first_step, args.num_iterations)
+    shard_check = ShardCheck(files_read, args.vocab_size, run.rank, run.world_size)
     inductor_config.coordinate_descent_tuning = args.coordinate_descent_tuning
     compiled = torch.compile(model, dynamic=False) if compiles(args, run.device) else model
     # Our only buffers (rotary tables) are identical on every rank, so DDP need not broadcast them each
@@ -1080,7 +1303,6 @@ def build_training(run: Run) -> Training:
     warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated")
     ddp_model = DDP(compiled, device_ids=[run.device.index] if run.on_gpu else None,
                     broadcast_buffers=False, gradient_as_bucket_view=True)  # DDP also broadcasts rank 0's weights
-    first_step = resumed.get("step", 0)
     tr = Training(model=model, ddp_model=ddp_model, adam=adam, muon=muon,
                   window_blocks=torch.tensor(window_blocks_at(first_step, args), dtype=torch.int32, device=run.device),
                   val_batches=validation_batches(list(run.val_files), args.val_tokens, args.sequence_length, run.rank,
@@ -1089,7 +1311,7 @@ def build_training(run: Run) -> Training:
                                            run.world_size, run.device, args.vocab_size, first_step),
                   step=first_step, first_step=first_step, training_time_ms=resumed.get("training_time_ms", 0.0),
                   timed_steps=resumed.get("timed_steps", 0), timed_flops=resumed.get("timed_flops", 0.0),
-                  last_checkpoint_step=first_step if args.resume else None)
+                  last_checkpoint_step=first_step if args.resume else None, shard_check=shard_check)
     peak = peak_tflops_per_card(run)
     run.log(f"model FLOPs per token (6 x matrix parameters + attention within the window, formula in "
             f"training_flops_per_token): {step_flops(args, window_blocks_at(0, args)) / args.batch_size / 1e6:.0f} "
@@ -1097,7 +1319,44 @@ def build_training(run: Run) -> Training:
             f" at the last; peak {'-' if peak is None else f'{peak} TFLOP/s'} per card", console=True)
     run.log(f"timing: the clock starts after {args.timing_warmup_steps} step(s) (compilation and warm-up) and stops "
             "for validation and checkpoints; until it starts, step lines show train_time:0ms", console=True)
+    for warning in setting_warnings(args, first_step):
+        run.log(f"warning: {warning}", console=True)
     return tr
+
+
+def setting_warnings(args: Hyperparameters, first_step: int) -> list[str]:
+    """Settings that run but may not do what was meant: one line each, in the console and the log."""
+    found = []
+    steps = args.num_iterations - first_step
+    if args.timing_warmup_steps >= steps:
+        found.append(f"timing_warmup_steps={args.timing_warmup_steps} covers all {steps} step(s) this run trains: "
+                         "no step is timed and the train time will read 0.0 s; lower timing_warmup_steps")
+    if args.checkpoint_every >= args.num_iterations and not args.save_checkpoint:
+        found.append(f"checkpoint_every={args.checkpoint_every} is not below num_iterations={args.num_iterations}: "
+                         "no periodic checkpoint will be written (save_checkpoint=true writes one at the end)")
+    if max(args.muon_lr, args.embed_lr, args.head_lr, args.scalar_lr) == 0:
+        found.append("every learning rate is 0: the weights never change and the model will not learn")
+    if args.muon_momentum_start > args.muon_momentum and args.momentum_warmup_steps > 0:
+        found.append(f"muon_momentum_start={args.muon_momentum_start} is above muon_momentum={args.muon_momentum}: "
+                     "Muon's momentum falls during its warm-up")
+    if args.val_loss_every > args.num_iterations:
+        found.append(f"val_loss_every={args.val_loss_every} is beyond num_iterations={args.num_iterations}: the "
+                     "validation loss is measured only at the last step")
+    defaults = Hyperparameters()
+    for name, (in_effect, needs) in SETTINGS_IN_EFFECT_ONLY_WITH.items():
+        if getattr(args, name) != getattr(defaults, name) and not in_effect(args):
+            found.append(f"{name}={getattr(args, name)!r} has no effect without {needs}")
+    return found
+
+
+# Settings that do something only together with another: (is the other set, what it is).
+SETTINGS_IN_EFFECT_ONLY_WITH = {
+    "sample_prompts": (lambda args: args.sample_at_end, "sample_at_end=true"),
+    "sample_tokens": (lambda args: args.sample_at_end, "sample_at_end=true"),
+    "keep_checkpoints": (lambda args: args.checkpoint_every > 0, "checkpoint_every > 0"),
+    "checkpoint_failure_stops": (lambda args: args.checkpoint_every > 0, "checkpoint_every > 0"),
+    "force_resume": (lambda args: bool(args.resume), "resume"),
+}
 
 
 def evaluate(run: Run, tr: Training) -> float:
@@ -1108,6 +1367,15 @@ def evaluate(run: Run, tr: Training) -> float:
             total += tr.ddp_model(inputs, targets, tr.window_blocks)
     dist.all_reduce(total)
     return total.item() / (len(tr.val_batches) * run.world_size)
+
+
+# A val loss within this of ln(vocab_size), the zero-initialized head's loss (every token equally likely), means
+# nothing was learned: one step of the tiny CPU model already gains 0.06; a diverged run sits there or above it.
+NOT_LEARNED_MARGIN = 0.05
+
+
+def not_learned(val_loss: float, args: Hyperparameters) -> bool:
+    return val_loss > math.log(args.vocab_size) - NOT_LEARNED_MARGIN
 
 
 def validate(run: Run, tr: Training):
@@ -1126,6 +1394,10 @@ def validate(run: Run, tr: Training):
                     f"{tr.timed_steps * args.batch_size / seconds:.0f} mfu:{mfu}", console=True)
         if not math.isfinite(val_loss):
             tr.stop_reason = tr.stop_reason or f"val loss is {val_loss} at step {tr.step}"
+        elif tr.first_step < tr.step < args.num_iterations and not_learned(val_loss, args):  # finish() judges the last
+            run.log(f"warning: val loss {val_loss:.4f} at step {tr.step} is no better than the untrained model's "
+                    f"ln(vocab_size) = {math.log(args.vocab_size):.4f}: the model is not learning (a learning rate far "
+                    "too large, or 0?)", console=True)
 
 
 def train_step(run: Run, tr: Training, stop_requested: bool):
@@ -1187,6 +1459,9 @@ def train(run: Run, tr: Training, signals: StopSignals):
     """Validation when due, then one step, until the last step or a reason to stop."""
     args = run.args
     while tr.stop_reason is None and not tr.stop_requested:
+        if tr.shard_check is not None and tr.step - tr.first_step == min(1, args.timing_warmup_steps):
+            tr.shard_check, shard_check = None, tr.shard_check  # after the first step, which compiles
+            shard_check.result()
         if tr.step - tr.first_step == args.timing_warmup_steps and tr.clock_start is None:
             synchronize(run)
             tr.clock_start = time.perf_counter()
@@ -1198,7 +1473,9 @@ def train(run: Run, tr: Training, signals: StopSignals):
             break
         train_step(run, tr, stop_requested=signals.received is not None)
         if args.checkpoint_every > 0 and tr.step % args.checkpoint_every == 0 and tr.step < args.num_iterations:
-            save_checkpoint(run, tr)
+            if save_checkpoint(run, tr) is None and args.checkpoint_failure_stops:
+                tr.stop_reason = (f"the checkpoint of step {tr.step} could not be written "
+                                  "(checkpoint_failure_stops=true)")
     report_pending_loss(run, tr)
 
 
@@ -1208,11 +1485,12 @@ def train(run: Run, tr: Training, signals: StopSignals):
 CHECKPOINT_FORMAT = "train_gpt.py checkpoint 1"
 
 
-def save_checkpoint(run: Run, tr: Training) -> Path:
+def save_checkpoint(run: Run, tr: Training) -> Path | None:
     """Writes logs/<run_id>/step_<step>.pt: weights, both optimizers' states (Muon's momentum gathered from the
     ranks that own it), the step (which fixes the data position: one shard batch per step), the clock, the RNG,
     hyperparameters and code. Written under a temporary name and renamed when complete; the newest
-    keep_checkpoints are kept. Every rank takes part; the time is outside the training time."""
+    keep_checkpoints are kept. Every rank takes part; the time is outside the training time. A checkpoint that
+    cannot be written (a full disk) is said in one line, its partial file removed; then every rank gets None."""
     with clock_paused(run, tr):
         report_pending_loss(run, tr)
         started = time.perf_counter()
@@ -1223,7 +1501,7 @@ def save_checkpoint(run: Run, tr: Training) -> Path:
             dist.broadcast(buffer, src=owner)
             if run.rank == 0:
                 momentum[names[id(param)]] = buffer.cpu()
-        path = run.checkpoint_path(tr.step)
+        path, failure = run.checkpoint_path(tr.step), None
         if run.rank == 0:
             state = dict(format=CHECKPOINT_FORMAT, run_id=run.run_id, step=tr.step, world_size=run.world_size,
                          code=run.code, hyperparameters=dataclasses.asdict(run.args),
@@ -1232,17 +1510,31 @@ def save_checkpoint(run: Run, tr: Training) -> Path:
                          training_time_ms=tr.training_time_ms, timed_steps=tr.timed_steps,
                          timed_flops=tr.timed_flops, rng_cpu=torch.get_rng_state(),
                          rng_cuda=torch.cuda.get_rng_state(run.device) if run.on_gpu else None)
-            run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             partial = path.with_name(f".{path.name}.partial")  # never picked up by --resume
-            with open(partial, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(partial, path)
-            for old in sorted(run.checkpoint_dir.glob("step_*.pt"))[:-run.args.keep_checkpoints]:
-                old.unlink()
-            run.log(f"checkpoint: step {tr.step} saved to {path} ({path.stat().st_size / 2**20:.0f} MiB in "
-                    f"{time.perf_counter() - started:.1f} s, outside the training time)", console=True)
+            try:
+                run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                with open(partial, "wb") as f:
+                    torch.save(state, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(partial, path)
+            except (OSError, RuntimeError) as error:  # torch.save reports a failed write as a RuntimeError
+                with suppress(OSError):
+                    partial.unlink(missing_ok=True)
+                reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+                free = shutil.disk_usage(run.log_path.parent).free / 2**20
+                failure = (f"warning: checkpoint of step {tr.step} not written to {path}: {reason[:200]} ({free:,.0f} "
+                           f"MiB free); its partial file was removed")
+                run.log(failure, console=True)
+            else:
+                for old in sorted(run.checkpoint_dir.glob("step_*.pt"))[:-run.args.keep_checkpoints]:
+                    old.unlink()
+                run.log(f"checkpoint: step {tr.step} saved to {path} ({path.stat().st_size / 2**20:.0f} MiB in "
+                        f"{time.perf_counter() - started:.1f} s, outside the training time)", console=True)
+        outcome = [failure]
+        dist.broadcast_object_list(outcome, src=0)  # every rank learns whether it was written
+        if outcome[0] is not None:
+            return None
         tr.last_checkpoint_step = tr.step
     return path
 
@@ -1326,8 +1618,8 @@ def resume_from_checkpoint(run: Run, model: GPT, adam: torch.optim.Adam, muon: M
 
 
 def finish(run: Run, tr: Training, signals: StopSignals) -> int:
-    """The run's last words: why it stopped (with how to resume), or its figures, checkpoint and samples.
-    Returns the exit status."""
+    """The run's last words: why it stopped (with how to resume), or that it learned nothing, or its figures, and
+    only then its checkpoint and samples. Returns the exit status."""
     args = run.args
     if tr.stop_reason is not None:
         run.log(f"stopping: {tr.stop_reason}", console=True)
@@ -1336,7 +1628,8 @@ def finish(run: Run, tr: Training, signals: StopSignals) -> int:
         received = signals.received.name if signals.received is not None else "a stop signal on another rank"
         if args.checkpoint_every > 0:
             path = save_checkpoint(run, tr) if tr.last_checkpoint_step != tr.step else run.checkpoint_path(tr.step)
-            remedy = f"resume with --resume={path}"
+            remedy = (f"resume with --resume={path}" if path is not None
+                      else "its checkpoint could not be written, so it cannot be resumed from this step")
         else:
             remedy = "no checkpoint (checkpoint_every=0), so it cannot be resumed"
         run.log(f"stopping: received {received} at step {tr.step}; {remedy}; log: {run.log_path}", console=True)
@@ -1347,14 +1640,22 @@ def finish(run: Run, tr: Training, signals: StopSignals) -> int:
     else:
         memory = f"peak memory (max RSS of rank 0): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB"
     run.log(memory, console=True)
-    if args.save_checkpoint and tr.last_checkpoint_step != tr.step:
-        save_checkpoint(run, tr)
-    if args.sample_at_end and run.rank == 0:
-        log_samples(run, tr.model, tr.window_blocks)
+    if not_learned(tr.last_val_loss, args):
+        run.log(f"stopping: the model did not learn: val loss {tr.last_val_loss:.4f} at step {tr.step} is no better "
+                f"than the untrained model's ln(vocab_size) = {math.log(args.vocab_size):.4f}; a learning rate far too "
+                "large (or 0) is the usual cause", console=True)
+        return 1
+    # The result first: a checkpoint or samples that fail after it do not lose it.
     step_avg = tr.training_time_ms / tr.timed_steps if tr.timed_steps else 0.0
     run.log(f"done: val_loss {tr.last_val_loss:.4f} at step {tr.step}, train_time {tr.training_time_ms / 1000:.1f} s, "
             f"step_avg {step_avg:.2f} ms; log: {run.log_path}", console=True)
-    return 0
+    tr.finished = True
+    exit_status = 0
+    if args.save_checkpoint and tr.last_checkpoint_step != tr.step and save_checkpoint(run, tr) is None:
+        exit_status = 1  # the run's result stands (compare.py counts it); the file asked for is missing
+    if args.sample_at_end and run.rank == 0:
+        log_samples(run, tr.model, tr.window_blocks)
+    return exit_status
 
 
 def collective_failed(error: Exception) -> bool:
@@ -1381,7 +1682,8 @@ def main(argv: list[str]) -> int:
         teardown(run)
         return exit_status
     except InputError as error:  # found after setup: a bad checkpoint, a token id outside the vocabulary
-        run.log(f"stopping: {error} ({at_step()})")
+        if not isinstance(error, LogWriteError):
+            run.log(f"stopping: {error} ({at_step()})")
         if run.rank == 0:
             print(f"error: {error}", file=sys.stderr, flush=True)
         abandon(run, 1)
@@ -1389,7 +1691,13 @@ def main(argv: list[str]) -> int:
         run.log(f"stopping: interrupted {at_step()}; log: {run.log_path}", console=True)
         abandon(run, 130)
     except Exception as error:
-        if collective_failed(error):  # another rank died or stopped responding; it reports its own error
+        if tr is not None and tr.finished:  # the done: line stands; records/compare.py keeps counting the run
+            message = f"warning: after the run finished: {type(error).__name__}: {str(error).splitlines()[0][:300]}"
+            run.log(message)
+            print(message, file=sys.stderr, flush=True)
+            if not collective_failed(error):
+                traceback.print_exc()
+        elif collective_failed(error):  # another rank died or stopped responding; it reports its own error
             message = (f"stopping: rank {run.rank} lost its peers {at_step()} (another rank died or stopped "
                        f"responding): {str(error).splitlines()[0][:300]}")
             run.log(message)

@@ -48,7 +48,8 @@ except ImportError:  # the per-log table works without scipy; the group table ne
 TARGET_VAL_LOSS = 3.28  # the public speedrun's bar for a record
 # Hyperparameters that name, seed or resume a run without changing what it computes: logs that differ
 # only in these (and share code and card) are runs of one group.
-FIELDS_IGNORED_FOR_GROUPING = frozenset({"seed", "run_id", "resume", "checkpoint_every", "keep_checkpoints"})
+FIELDS_IGNORED_FOR_GROUPING = frozenset({"seed", "run_id", "resume", "checkpoint_every", "keep_checkpoints",
+                                         "checkpoint_failure_stops"})
 
 NUMBER = r"(?:nan|inf|\d+(?:\.\d+)?)"
 # Anchored at both ends with numeric fields, so f-string templates ("{step}")
