@@ -815,6 +815,17 @@ def auto_resume(run_id: str, num_iterations: int) -> tuple[str, str, list[str], 
     return names[-1], str(path), notes, ""
 
 
+def check_restarts():
+    """torchrun --max-restarts shares, by default, one store between the groups it starts, and a restarted group
+    can read the keys of the group it replaced, then hang connecting to dead ranks (pytorch/pytorch#135712; seen
+    here with gloo on torch 2.13). Without the sharing, each group gets a fresh store."""
+    shared_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if shared_store and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
+        raise InputError("torchrun --max-restarts with its shared store: a restarted group can hang connecting to the "
+                         "ranks it replaced; launch it as TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun "
+                         "--rdzv_backend=c10d (or --standalone) ...")
+
+
 def environment_report(device: torch.device, world_size: int) -> str:
     try:
         smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
@@ -840,6 +851,7 @@ def setup(args: Hyperparameters) -> Run:
     try:
         train_files, val_files = check_run_inputs(args, world_size)
         check_run_outputs(args)
+        check_restarts()
     except InputError as error:
         exit_on_input_error(error, rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
