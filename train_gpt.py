@@ -584,7 +584,9 @@ class Hyperparameters:
     keep_checkpoints: int = setting(2, "how many of the run's newest checkpoints to keep", "positive")
     checkpoint_failure_stops: bool = setting(False, "stop the run when a periodic checkpoint cannot be written "
                                              "(a full disk); false: report it in one line and train on")
-    resume: str = setting("", "continue from a checkpoint file, or a run's folder (its newest complete checkpoint)")
+    resume: str = setting("", "continue from a checkpoint file, or a run's folder (its newest complete checkpoint); "
+                          "auto: the newest complete checkpoint of --run_id's own folder if there is one, else from "
+                          "step 0 (for torchrun --max-restarts)")
     force_resume: bool = setting(False, "resume even where hyperparameters that change the math differ")
     sample_at_end: bool = setting(False, "continue sample_prompts with the trained model, into console and log")
     sample_prompts: str = setting("The meaning of life is|Once upon a time|The capital of France is",
@@ -703,6 +705,11 @@ def check_hyperparameters(args: Hyperparameters, world_size: int):
         raise InputError("sample_at_end=true with no sample_prompts")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.run_id or "x"):
         raise InputError(f"run_id={args.run_id!r}: use letters, digits, '.', '_' and '-' (it names files in logs/)")
+    if args.resume == "auto" and not args.run_id:
+        raise InputError("resume=auto needs a fixed --run_id: a restarted run finds its checkpoints in logs/<run_id>/")
+    if args.resume == "auto" and not args.checkpoint_every:
+        raise InputError("resume=auto with checkpoint_every=0: a restart would find no checkpoint and train from step "
+                         "0 again; set --checkpoint_every (e.g. 100)")
 
 
 def check_run_inputs(args: Hyperparameters, world_size: int) -> tuple[list[str], list[str]]:
@@ -740,7 +747,7 @@ def check_run_inputs(args: Hyperparameters, world_size: int) -> tuple[list[str],
                          "DDP stops on unused parameters; keep attention in a layer that uses each (value embedding i "
                          "feeds layers i and num_layers - 3 + i)")
     check_samples_fit(args)
-    if args.resume:
+    if args.resume and args.resume != "auto":
         try:
             os.stat(args.resume)
         except FileNotFoundError:  # find_checkpoint says so, with the remedy
@@ -844,6 +851,7 @@ class Run:
     log_path: Path
     logfile: object  # rank 0's open log; None on the other ranks
     code: str  # this file's source, logged first and saved with checkpoints
+    resume_from: str  # the checkpoint file or run folder to start from: --resume or auto_resume's choice; "": step 0
 
     @property
     def on_gpu(self) -> bool:
@@ -858,7 +866,8 @@ class Run:
 
     def log(self, text: str, console: bool = False):
         """Rank 0 writes a line to the log (flushed, so a crash loses nothing), then, if asked, to the console. A log
-        that cannot be written stops the run with one line; a console that is gone (a closed pipe) does not."""
+        that cannot be written stops the run with one line; a console that is gone (a closed terminal or ssh
+        session, a closed pipe) loses its copy, not the run."""
         if self.rank == 0:
             try:
                 self.logfile.write(text + "\n")
@@ -869,8 +878,8 @@ class Run:
             if console:
                 try:
                     print(text, flush=True)
-                except OSError:
-                    sys.stdout = open(os.devnull, "w")  # the log has every line; the console is gone for good
+                except OSError:  # EIO from a hung-up terminal, EPIPE from a closed pipe: the log has every line
+                    sys.stdout = open(os.devnull, "w")
 
 
 class LogWriteError(InputError):
@@ -903,7 +912,8 @@ LOGS = Path("logs")
 
 
 def check_run_outputs(args: Hyperparameters):
-    """The log folder is writable, and a named run has neither a log nor checkpoints yet (nothing is overwritten)."""
+    """The log folder is writable, and a named run has neither a log nor checkpoints yet (nothing is overwritten),
+    unless it resumes itself (--resume=auto): then each restart writes a log of its own (see auto_resume)."""
     try:
         LOGS.mkdir(exist_ok=True)
         with open(LOGS / f".write-test-{os.getpid()}", "w"):
@@ -917,7 +927,7 @@ def check_run_outputs(args: Hyperparameters):
                          f"{LOGS.resolve()} allow {longest_name} with the log's .txt")
     if args.checkpoint_every or args.save_checkpoint:
         check_checkpoint_space(args)
-    if args.run_id:
+    if args.run_id and args.resume != "auto":
         if (LOGS / f"{args.run_id}.txt").exists():
             raise InputError(f"{LOGS / args.run_id}.txt exists; logs are never overwritten, choose another --run_id")
         if list((LOGS / args.run_id).glob("step_*.pt")):
@@ -944,6 +954,39 @@ def check_checkpoint_space(args: Hyperparameters):
                          f"({min(written, args.keep_checkpoints + 1)} of {checkpoint / 2**20:,.0f} MiB at once), but "
                          f"only {free / 2**20:,.0f} MiB are free; free space, lower keep_checkpoints, or turn "
                          "checkpoints off (checkpoint_every=0, save_checkpoint=false)")
+def auto_resume(run_id: str, num_iterations: int) -> tuple[str, str, list[str], str]:
+    """--resume=auto, decided on rank 0 before the log opens: (the new log's name, the checkpoint to resume from or
+    "" for step 0, lines for the log, and "" or why the run has nothing left to train). Each restart writes a log
+    of its own, logs/<run_id>.resume<n>.txt; a run whose last log ends with done:, or whose newest checkpoint
+    holds the last step, is not trained again."""
+    names = [f"{run_id}.txt"]
+    while (LOGS / names[-1]).exists():
+        names.append(f"{run_id}.resume{len(names)}.txt")
+    if len(names) > 1 and any(line.startswith("done: ") for line in (LOGS / names[-2]).read_text().splitlines()):
+        return names[-1], "", [], f"{LOGS / names[-2]} has its done: line"
+    folder, notes = LOGS / run_id, []
+    for partial in sorted(folder.glob(".step_*.pt.partial")):  # a killed save's; its writer is gone
+        partial.unlink()
+        notes.append(f"resume=auto: removed {partial}, left by an interrupted save")
+    try:
+        path, checkpoint = find_checkpoint(str(folder), notes.append)
+    except InputError:  # no folder yet, or nothing complete in it (each skipped file is noted)
+        notes.append(f"resume=auto: no complete checkpoint in {folder}/; training starts at step 0")
+        return names[-1], "", notes, ""
+    if checkpoint["step"] >= num_iterations:
+        return names[-1], "", notes, f"{path} holds its last step, {checkpoint['step']}"
+    return names[-1], str(path), notes, ""
+
+
+def check_restarts():
+    """torchrun --max-restarts shares, by default, one store between the groups it starts, and a restarted group
+    can read the keys of the group it replaced, then hang connecting to dead ranks (pytorch/pytorch#135712; seen
+    here with gloo on torch 2.13). Without the sharing, each group gets a fresh store."""
+    shared_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if shared_store and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
+        raise InputError("torchrun --max-restarts with its shared store: a restarted group can hang connecting to the "
+                         "ranks it replaced; launch it as TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun "
+                         "--rdzv_backend=c10d (or --standalone) ...")
 
 
 def environment_report(device: torch.device, world_size: int) -> str:
@@ -972,30 +1015,41 @@ def setup(args: Hyperparameters) -> Run:
         train_files, val_files = check_run_inputs(args, world_size)
         check_model_fits(args, device)
         check_run_outputs(args)
+        check_restarts()
     except InputError as error:
         exit_on_input_error(error, rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None,
                             timeout=timedelta(seconds=args.collective_timeout_s))
-    run_id, logfile, problem = args.run_id or str(uuid.uuid4()), None, None
-    log_path = LOGS / f"{run_id}.txt"
+    if args.resume != "auto":
+        run_id = args.run_id or str(uuid.uuid4())
+        plan = [run_id, f"{run_id}.txt", args.resume, [], ""]
+    else:
+        plan = [args.run_id, *auto_resume(args.run_id, args.num_iterations)] if rank == 0 else [None] * 5
+    dist.broadcast_object_list(plan, src=0)  # every rank follows rank 0's choices: its uuid, its checkpoint
+    run_id, log_name, resume_from, notes, finished = plan
+    if finished:
+        if rank == 0:
+            print(f"resume=auto: run {run_id} has finished ({finished}); nothing to train, no new log", flush=True)
+        dist.barrier()
+        dist.destroy_process_group()
+        raise SystemExit(0)
+    log_path, logfile, problem = LOGS / log_name, None, [None]
     if rank == 0:
         try:
             logfile = open(log_path, "x")  # "x" (O_EXCL): fails rather than overwrite
         except FileExistsError:
-            problem = (f"{log_path} was created by another run a moment ago (after this one checked); logs are never "
-                       "overwritten, choose another --run_id")
+            problem = [f"{log_path} was created by another run a moment ago (after this one checked); logs are "
+                       "never overwritten, choose another --run_id"]
         except OSError as error:
-            problem = f"cannot create the log {log_path}: {error.strerror or error}"
-    shared = [run_id, problem]
-    dist.broadcast_object_list(shared, src=0)  # every rank names checkpoints after rank 0's id, and stops with it
-    if shared[1] is not None:
-        exit_on_input_error(InputError(shared[1]), rank)
-    run_id = shared[0]
-    log_path = LOGS / f"{run_id}.txt"
+            problem = [f"cannot create the log {log_path}: {error.strerror or error}"]
+    dist.broadcast_object_list(problem, src=0)  # every rank stops with rank 0
+    if problem[0] is not None:
+        exit_on_input_error(InputError(problem[0]), rank)
     run = Run(args=args, rank=rank, world_size=world_size, device=device, train_files=tuple(train_files),
               val_files=tuple(val_files), micro_batches_per_step=args.batch_size // (world_size * args.sequence_length),
-              run_id=run_id, log_path=log_path, logfile=logfile, code=Path(__file__).read_text())
+              run_id=run_id, log_path=log_path, logfile=logfile, code=Path(__file__).read_text(),
+              resume_from=resume_from)
     try:
         run.log(run.code)
         run.log("=" * 100)
@@ -1003,6 +1057,8 @@ def setup(args: Hyperparameters) -> Run:
         run.log("hyperparameters: " + json.dumps(dataclasses.asdict(args)), console=True)
         run.log(f"log: {log_path}, {run.micro_batches_per_step} micro-batch(es) of {args.sequence_length} tokens per "
                 "rank per step", console=True)
+        for note in notes:
+            run.log(note, console=True)
     except LogWriteError as error:
         exit_on_input_error(error, rank)
     return run
@@ -1227,7 +1283,7 @@ class Training:
     clock_start: float | None = None  # time.perf_counter() while the clock runs
     pending: PendingLoss | None = None
     stop_reason: str | None = None  # why the run cannot go on (a non-finite loss)
-    stop_requested: bool = False  # a rank received SIGINT or SIGTERM: stop after this step, resumable
+    stop_requested: bool = False  # a rank received SIGINT, SIGTERM or SIGHUP: stop after this step, resumable
     last_checkpoint_step: int | None = None
     last_val_loss: float | None = None
     shard_check: ShardCheck | None = None  # until its result is in, before the first timed step
@@ -1263,16 +1319,17 @@ class clock_paused:
 
 
 class StopSignals:
-    """SIGINT (Ctrl-C) and SIGTERM. The first asks every rank to finish the current step and stop, with a
-    checkpoint when checkpointing is on; another one, a second or more later, exits at once. (torchrun passes a
-    signal it receives on to its workers, which then see it twice within a moment: that counts once.)"""
+    """SIGINT (Ctrl-C), SIGTERM and SIGHUP (a closed terminal or ssh session). The first asks every rank to finish
+    the current step and stop, with a checkpoint when checkpointing is on; another one, a second or more later,
+    exits at once. (torchrun passes a signal it receives on to its workers, which then see it twice within a
+    moment: that counts once.)"""
 
     def __init__(self, run: Run):
         self.run, self.received, self.first_at, self.current_step = run, None, 0.0, lambda: 0
 
     def install(self, current_step):
         self.current_step = current_step
-        for number in (signal.SIGINT, signal.SIGTERM):
+        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(number, self.handle)
 
     def handle(self, number, frame):
@@ -1292,7 +1349,7 @@ def build_training(run: Run) -> Training:
     torch.manual_seed(args.seed)
     model = build_model(args, run.device)
     adam, muon = build_optimizers(model, args, run.rank, run.world_size)
-    resumed = resume_from_checkpoint(run, model, adam, muon) if args.resume else {}
+    resumed = resume_from_checkpoint(run, model, adam, muon) if run.resume_from else {}
     first_step = resumed.get("step", 0)
     files_read = training_files_read(list(run.train_files), args.batch_size, first_step, args.num_iterations)
     shard_check = ShardCheck(files_read, args.vocab_size, run.rank, run.world_size)
@@ -1311,7 +1368,7 @@ def build_training(run: Run) -> Training:
                                            run.world_size, run.device, args.vocab_size, first_step),
                   step=first_step, first_step=first_step, training_time_ms=resumed.get("training_time_ms", 0.0),
                   timed_steps=resumed.get("timed_steps", 0), timed_flops=resumed.get("timed_flops", 0.0),
-                  last_checkpoint_step=first_step if args.resume else None, shard_check=shard_check)
+                  last_checkpoint_step=first_step if run.resume_from else None, shard_check=shard_check)
     peak = peak_tflops_per_card(run)
     run.log(f"model FLOPs per token (6 x matrix parameters + attention within the window, formula in "
             f"training_flops_per_token): {step_flops(args, window_blocks_at(0, args)) / args.batch_size / 1e6:.0f} "
@@ -1456,9 +1513,10 @@ def report_pending_loss(run: Run, tr: Training):
 
 
 def train(run: Run, tr: Training, signals: StopSignals):
-    """Validation when due, then one step, until the last step or a reason to stop."""
+    """Validation when due, then one step, until the last step or a reason to stop. A stop asked for once the last
+    step is trained (its vote arrives a step late) leaves nothing to resume: the run validates and finishes."""
     args = run.args
-    while tr.stop_reason is None and not tr.stop_requested:
+    while tr.stop_reason is None and (not tr.stop_requested or tr.step == args.num_iterations):
         if tr.shard_check is not None and tr.step - tr.first_step == min(1, args.timing_warmup_steps):
             tr.shard_check, shard_check = None, tr.shard_check  # after the first step, which compiles
             shard_check.result()
@@ -1488,7 +1546,7 @@ CHECKPOINT_FORMAT = "train_gpt.py checkpoint 1"
 def save_checkpoint(run: Run, tr: Training) -> Path | None:
     """Writes logs/<run_id>/step_<step>.pt: weights, both optimizers' states (Muon's momentum gathered from the
     ranks that own it), the step (which fixes the data position: one shard batch per step), the clock, the RNG,
-    hyperparameters and code. Written under a temporary name and renamed when complete; the newest
+    hyperparameters, code and the log's path. Written under a temporary name and renamed when complete; the newest
     keep_checkpoints are kept. Every rank takes part; the time is outside the training time. A checkpoint that
     cannot be written (a full disk) is said in one line, its partial file removed; then every rank gets None."""
     with clock_paused(run, tr):
@@ -1504,7 +1562,7 @@ def save_checkpoint(run: Run, tr: Training) -> Path | None:
         path, failure = run.checkpoint_path(tr.step), None
         if run.rank == 0:
             state = dict(format=CHECKPOINT_FORMAT, run_id=run.run_id, step=tr.step, world_size=run.world_size,
-                         code=run.code, hyperparameters=dataclasses.asdict(run.args),
+                         log=str(run.log_path), code=run.code, hyperparameters=dataclasses.asdict(run.args),
                          model={name: value.cpu() for name, value in tr.model.state_dict().items()},
                          adam_state=tr.adam.state_dict()["state"], muon_momentum=momentum,
                          training_time_ms=tr.training_time_ms, timed_steps=tr.timed_steps,
@@ -1580,7 +1638,7 @@ def code_difference(saved: str, current: str) -> str | None:
 def resume_from_checkpoint(run: Run, model: GPT, adam: torch.optim.Adam, muon: Muon) -> dict:
     """Loads the checkpoint into model and optimizers after checking that it continues this run's math;
     returns the progress it holds (step, clock)."""
-    path, checkpoint = find_checkpoint(run.args.resume, lambda text: run.log(text, console=True))
+    path, checkpoint = find_checkpoint(run.resume_from, lambda text: run.log(text, console=True))
     args, saved = run.args, checkpoint["hyperparameters"]
     changed = [f"{name} {saved.get(name)!r} -> {value!r}" for name, value in dataclasses.asdict(args).items()
                if name not in BOOKKEEPING_FIELDS and saved.get(name) != value]
@@ -1607,7 +1665,10 @@ def resume_from_checkpoint(run: Run, model: GPT, adam: torch.optim.Adam, muon: M
     difference = code_difference(checkpoint["code"], run.code)
     if difference is not None:
         run.log(f"warning: {path} was written by other code: {difference}", console=True)
-    run.log(f"resumed: run {checkpoint['run_id']} at step {checkpoint['step']} from {path} (written on "
+    # Named after the log that wrote the checkpoint (logs/<name>.txt), which records/compare.py joins to this one:
+    # the run id, or a --resume=auto restart's log. (Older checkpoints lack "log"; their log is <run id>.txt.)
+    previous_log = Path(checkpoint.get("log", f"{checkpoint['run_id']}.txt")).stem
+    run.log(f"resumed: run {previous_log} at step {checkpoint['step']} from {path} (written on "
             f"{checkpoint['world_size']} rank(s), now {run.world_size})", console=True)
     return dict(step=checkpoint["step"], training_time_ms=checkpoint["training_time_ms"],
                 timed_steps=checkpoint["timed_steps"], timed_flops=checkpoint["timed_flops"])
@@ -1624,16 +1685,22 @@ def finish(run: Run, tr: Training, signals: StopSignals) -> int:
     if tr.stop_reason is not None:
         run.log(f"stopping: {tr.stop_reason}", console=True)
         return 1
-    if tr.stop_requested:
-        received = signals.received.name if signals.received is not None else "a stop signal on another rank"
+    received = signals.received.name if signals.received is not None else "a stop signal on another rank"
+    if tr.stop_requested and tr.step < args.num_iterations:  # so the checkpoint has steps left to resume
         if args.checkpoint_every > 0:
             path = save_checkpoint(run, tr) if tr.last_checkpoint_step != tr.step else run.checkpoint_path(tr.step)
-            remedy = (f"resume with --resume={path}" if path is not None
-                      else "its checkpoint could not be written, so it cannot be resumed from this step")
+            if path is None:
+                remedy = "its checkpoint could not be written, so it cannot be resumed from this step"
+            elif args.resume == "auto":
+                remedy = "resume with the same command (--resume=auto)"
+            else:
+                remedy = f"resume with --resume={path}"
         else:
             remedy = "no checkpoint (checkpoint_every=0), so it cannot be resumed"
         run.log(f"stopping: received {received} at step {tr.step}; {remedy}; log: {run.log_path}", console=True)
         return 128 + signals.received if signals.received is not None else 1
+    if tr.stop_requested:  # the vote arrived when every step was trained: nothing is left to resume
+        run.log(f"received {received} after the last step: the run finishes", console=True)
     if run.on_gpu:
         memory = (f"peak memory allocated: {torch.cuda.max_memory_allocated(run.device) // 2**20} MiB "
                   f"reserved: {torch.cuda.max_memory_reserved(run.device) // 2**20} MiB")
