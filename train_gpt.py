@@ -527,6 +527,12 @@ class Hyperparameters:
     collective_timeout_s: int = setting(300, "seconds a collective waits for a dead or stuck rank before the run "
                                         "stops with an error", "positive")
     seed: int = setting(0, "seed of the initial weights and of the samples", "non_negative")
+    # speed switches: each off by default (the record's path) until the GPU comparison decides; DESIGN.md
+    fused_loss: bool = setting(False, "LM head, soft cap and cross-entropy over chunks of tokens, never holding the "
+                               "whole fp32 logits (same math to fp32 rounding, less memory)")
+    fused_loss_chunk_tokens: int = setting(8192, "tokens per chunk of fused_loss", "positive")
+    fp8_head: bool = setting(False, "the LM head's three products in FP8 (e4m3 forward, e5m2 gradients, the "
+                             "record of 2025-01-13's scales); changes the numerics; needs compute capability 8.9+")
 
 
 # Fields that leave the trained weights unchanged: a resumed run may change them. (records/compare.py groups
@@ -534,7 +540,7 @@ class Hyperparameters:
 BOOKKEEPING_FIELDS = ("val_loss_every", "timing_warmup_steps", "run_id", "save_checkpoint", "checkpoint_every",
                       "keep_checkpoints", "resume", "force_resume", "sample_at_end", "sample_prompts",
                       "sample_tokens", "compile", "coordinate_descent_tuning", "peak_tflops",
-                      "collective_timeout_s", "train_files", "val_files")
+                      "collective_timeout_s", "train_files", "val_files", "fused_loss", "fused_loss_chunk_tokens")
 
 
 def parse_hyperparameters(argv: list[str]) -> Hyperparameters:
