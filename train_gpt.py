@@ -64,6 +64,7 @@ def newton_schulz_orthogonalize(grad: torch.Tensor, steps: int) -> torch.Tensor:
 
     A quintic iteration whose coefficients maximise the slope at zero; it does not converge to exactly 1
     but leaves singular values in a band around it, which trains as well and costs only 5 steps in bf16.
+    Leading dimensions are a batch of matrices of one shape (batched_muon), each orthogonalized on its own.
     """
     a, b, c = 3.4445, -4.7750, 2.0315
     x = grad.bfloat16()
@@ -89,28 +90,49 @@ class Muon(torch.optim.Optimizer):
     rank r orthogonalizes parameter r of the chunk, and all ranks exchange the updates with an
     asynchronous all_gather that overlaps the next chunk's Newton-Schulz. Momentum buffers therefore
     live only on the rank that owns the parameter; the result is the same on any number of ranks.
+
+    row_splits maps a parameter that stacks several matrices (merged_qkv's q, k and v) to their row counts:
+    each of its row blocks is orthogonalized and scaled as its own matrix, so the update is the unmerged one.
     """
 
     def __init__(self, params, lr: float, momentum: float, nesterov: bool = True, ns_steps: int = 5,
-                 rank: int = 0, world_size: int = 1, orthogonalize=newton_schulz_orthogonalize):
+                 rank: int = 0, world_size: int = 1, orthogonalize=newton_schulz_orthogonalize,
+                 row_splits: dict | None = None):
         params = list(params)
         sizes = sorted({p.numel() for p in params}, reverse=True)
         groups = [dict(params=[p for p in params if p.numel() == size]) for size in sizes]
         super().__init__(groups, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps))
         self.rank, self.world_size, self.orthogonalize = rank, world_size, orthogonalize
+        self.row_splits = row_splits or {}
         # One flat bf16 receive buffer per group, kept outside param_groups so state_dict stays small.
         self.gather_buffers = [torch.empty(world_size * size, dtype=torch.bfloat16, device=params[0].device)
                                for size in sizes]
 
-    def _orthogonalized_momentum(self, param: torch.Tensor, group: dict) -> torch.Tensor:
+    def matrices(self, tensor: torch.Tensor, param: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """tensor (param's shape, or flat) as the matrices Muon orthogonalizes: param's row blocks."""
+        return tensor.view_as(param).split(self.row_splits.get(param, param.size(0)))
+
+    def momentum_update(self, param: torch.Tensor, group: dict) -> torch.Tensor:
+        """Updates param's momentum buffer with its gradient; returns what is orthogonalized (Nesterov's)."""
         grad, momentum = param.grad, group["momentum"]
         state = self.state[param]
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(grad)
         buffer = state["momentum_buffer"]
         buffer.lerp_(grad, 1 - momentum)  # EMA of gradients
-        update = grad.lerp_(buffer, momentum) if group["nesterov"] else buffer
-        return self.orthogonalize(update, group["ns_steps"]).flatten()
+        return grad.lerp_(buffer, momentum) if group["nesterov"] else buffer
+
+    def _orthogonalized_momentum(self, param: torch.Tensor, group: dict) -> torch.Tensor:
+        update = self.momentum_update(param, group)
+        orthogonalized = [self.orthogonalize(matrix, group["ns_steps"]).flatten()
+                          for matrix in self.matrices(update, param)]
+        return torch.cat(orthogonalized) if len(orthogonalized) > 1 else orthogonalized[0]
+
+    def apply_update(self, param: torch.Tensor, update: torch.Tensor, lr: float):
+        """param -= lr x update, each matrix scaled by sqrt(max(1, rows / columns))."""
+        for block, block_update in zip(self.matrices(param, param), self.matrices(update, param)):
+            shape_scale = max(1.0, block.size(-2) / block.size(-1)) ** 0.5
+            block.add_(block_update, alpha=-lr * shape_scale)
 
     def owned_parameters(self):
         """(parameter, rank that owns its momentum) for every parameter, in the order step() walks them."""
@@ -127,8 +149,7 @@ class Muon(torch.optim.Optimizer):
             def apply_updates(handle, chunk):
                 handle.wait()
                 for param, update in zip(chunk, rows):  # a last, short chunk ignores the spare rows
-                    shape_scale = max(1.0, param.size(-2) / param.size(-1)) ** 0.5
-                    param.add_(update.view_as(param), alpha=-group["lr"] * shape_scale)
+                    self.apply_update(param, update, group["lr"])
 
             for start in range(0, len(params), self.world_size):
                 chunk = params[start:start + self.world_size]
@@ -139,6 +160,61 @@ class Muon(torch.optim.Optimizer):
                     apply_updates(*in_flight)
                 in_flight = (all_gather_flat(gathered, mine, async_op=True), chunk)
             apply_updates(*in_flight)
+
+
+class BatchedMuon(Muon):
+    """Muon with one batched Newton-Schulz per matrix shape (batched_muon): each rank orthogonalizes all the
+    matrices it owns at once, shape by shape, tall ones transposed to their wide orientation (as the loop
+    does each), then exchanges each group's updates with one all_gather. The owners are Muon's, so the
+    momentum buffers and checkpoints are the same; the result equals the loop's to bf16 rounding (a batched
+    product may round differently). A later record's way (@kellerjordan0's batched Muon)."""
+
+    def __init__(self, params, *args, **kwargs):
+        super().__init__(params, *args, **kwargs)
+        # Group g's buffer holds world_size rows of its chunks' updates: rank r's row carries its parameter of
+        # every chunk (a rank without one in the last chunk sends padding).
+        self.gather_buffers = [torch.empty(self.world_size * self.chunks(group) * group["params"][0].numel(),
+                                           dtype=torch.bfloat16, device=group["params"][0].device)
+                               for group in self.param_groups]
+
+    def chunks(self, group: dict) -> int:
+        return -(-len(group["params"]) // self.world_size)
+
+    def orthogonalized_owned(self) -> dict:
+        """param -> its flat bf16 update, for every parameter this rank owns: one orthogonalize call per
+        (wide shape, steps)."""
+        pieces = {}  # param -> [matrix, transposed?] for each matrix it is orthogonalized as
+        by_shape = {}  # (wide shape, steps) -> [(param, index into pieces[param])]
+        for group in self.param_groups:
+            for param in group["params"][self.rank::self.world_size]:
+                update = self.momentum_update(param, group)
+                pieces[param] = []
+                for matrix in self.matrices(update, param):
+                    tall = matrix.size(-2) > matrix.size(-1)
+                    wide = matrix.mT if tall else matrix
+                    by_shape.setdefault((tuple(wide.shape), group["ns_steps"]), []).append((param, len(pieces[param])))
+                    pieces[param].append([wide, tall])
+        for (_, steps), members in by_shape.items():
+            stacked = self.orthogonalize(torch.stack([pieces[param][index][0] for param, index in members]), steps)
+            for (param, index), result in zip(members, stacked):
+                pieces[param][index][0] = result.mT if pieces[param][index][1] else result
+        return {param: torch.cat([matrix.flatten() for matrix, _ in matrices]) for param, matrices in pieces.items()}
+
+    @torch.no_grad()
+    def step(self):
+        updates = self.orthogonalized_owned()
+        exchanges = []
+        for group, gathered in zip(self.param_groups, self.gather_buffers):
+            params, size = group["params"], group["params"][0].numel()
+            mine = [updates[param] for param in params[self.rank::self.world_size]]
+            if len(mine) < self.chunks(group):  # no parameter of this rank in the last chunk
+                mine.append(torch.zeros(size, dtype=torch.bfloat16, device=gathered.device))
+            exchanges.append((all_gather_flat(gathered, torch.cat(mine), async_op=True), group, gathered))
+        for handle, group, gathered in exchanges:
+            handle.wait()
+            rows = gathered.view(self.world_size, self.chunks(group), -1)
+            for index, param in enumerate(group["params"]):
+                self.apply_update(param, rows[index % self.world_size, index // self.world_size], group["lr"])
 
 
 # -----------------------------------------------------------------------------
@@ -240,11 +316,15 @@ class CausalSelfAttention(nn.Module):
         self.rotary = Rotary(self.head_dim, max_seq_len)
         self.proj = CastedLinear(model_dim, model_dim, zero_init=True)
 
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.q(x), self.k(x), self.v(x)
+
     def forward(self, x: torch.Tensor, value_embedding: torch.Tensor | None, mask) -> torch.Tensor:
         time_len = x.size(1)
-        q = self.q(x).view(1, time_len, self.num_heads, self.head_dim)
-        k = self.k(x).view(1, time_len, self.num_kv_heads, self.head_dim)
-        v = self.value_lambdas[0] * self.v(x).view(1, time_len, self.num_kv_heads, self.head_dim)
+        q, k, v = self.project_qkv(x)
+        q = q.view(1, time_len, self.num_heads, self.head_dim)
+        k = k.view(1, time_len, self.num_kv_heads, self.head_dim)
+        v = self.value_lambdas[0] * v.view(1, time_len, self.num_kv_heads, self.head_dim)
         if value_embedding is not None:
             v = v + self.value_lambdas[1] * value_embedding.view_as(v)
         q, k = self.rotary(norm(q)), self.rotary(norm(k))  # QK-norm before rotary
@@ -255,6 +335,25 @@ class CausalSelfAttention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=grouped)
         return self.proj(y.transpose(1, 2).reshape(1, time_len, -1))
+
+
+class MergedQKVAttention(CausalSelfAttention):
+    """q, k and v from one product with their weights stacked in one matrix (merged_qkv, a later record's
+    merged QKV): one larger product instead of three, forward and backward. Muon still orthogonalizes q, k
+    and v apart (Muon.row_splits), and checkpoints hold them apart (checkpoint_layout), so the math and the
+    files are the unmerged model's."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)  # draws q, k and v as the unmerged model does: same seed, same weights
+        self.qkv_rows = (self.q.out_features, self.k.out_features, self.v.out_features)
+        merged = torch.cat([self.q.weight, self.k.weight, self.v.weight]).detach()
+        del self.q, self.k, self.v
+        with torch.random.fork_rng(devices=[]):  # its own random init is replaced: leave the seed's stream alone
+            self.qkv = CastedLinear(merged.size(1), merged.size(0))
+        self.qkv.weight = nn.Parameter(merged)
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.qkv(x).split(self.qkv_rows, dim=-1)
 
 
 class MLP(nn.Module):
@@ -269,9 +368,9 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, model_dim: int, num_heads: int, num_kv_heads: int, mlp_dim: int, max_seq_len: int,
-                 has_attention: bool):
+                 has_attention: bool, attention: type = CausalSelfAttention):
         super().__init__()
-        self.attn = CausalSelfAttention(model_dim, num_heads, num_kv_heads, max_seq_len) if has_attention else None
+        self.attn = attention(model_dim, num_heads, num_kv_heads, max_seq_len) if has_attention else None
         self.mlp = MLP(model_dim, mlp_dim)
         self.x0_lambdas = nn.Parameter(torch.tensor([1.0, 0.0]))  # x = l0 * x + l1 * x0
 
@@ -296,7 +395,7 @@ class GPT(nn.Module):
     def __init__(self, vocab_size: int, num_layers: int, model_dim: int, num_heads: int, num_kv_heads: int,
                  mlp_dim: int, max_seq_len: int, logit_softcap: float, attention_free_layers: tuple[int, ...],
                  num_value_embeddings: int = 3, use_flex_attention: bool = True,
-                 activation_dtype: torch.dtype = torch.bfloat16):
+                 activation_dtype: torch.dtype = torch.bfloat16, attention: type = CausalSelfAttention):
         super().__init__()
         self.num_layers, self.logit_softcap, self.use_flex_attention = num_layers, logit_softcap, use_flex_attention
         self.activation_dtype = activation_dtype
@@ -305,7 +404,8 @@ class GPT(nn.Module):
         self.embed = nn.Embedding(vocab_size, model_dim)
         self.value_embeds = nn.ModuleList(nn.Embedding(vocab_size, kv_dim) for _ in range(num_value_embeddings))
         self.blocks = nn.ModuleList(
-            Block(model_dim, num_heads, num_kv_heads, mlp_dim, max_seq_len, has_attention=i not in attention_free_layers)
+            Block(model_dim, num_heads, num_kv_heads, mlp_dim, max_seq_len, has_attention=i not in attention_free_layers,
+                  attention=attention)
             for i in range(num_layers))
         self.skip_weights = nn.Parameter(torch.ones(num_layers - self.num_encoder_layers))
         self.lm_head = CastedLinear(model_dim, vocab_size, zero_init=True)
@@ -533,6 +633,11 @@ class Hyperparameters:
     fused_loss_chunk_tokens: int = setting(8192, "tokens per chunk of fused_loss", "positive")
     fp8_head: bool = setting(False, "the LM head's three products in FP8 (e4m3 forward, e5m2 gradients, the "
                              "record of 2025-01-13's scales); changes the numerics; needs compute capability 8.9+")
+    merged_qkv: bool = setting(False, "q, k and v from one stacked matrix, one product instead of three; Muon "
+                               "still orthogonalizes them apart and checkpoints hold them apart (same math)")
+    batched_muon: bool = setting(False, "Newton-Schulz on all same-shape matrices a rank owns in one batched "
+                                 "product per iteration, instead of one matrix after another (same math to bf16 "
+                                 "rounding)")
 
 
 # Fields that leave the trained weights unchanged: a resumed run may change them. (records/compare.py groups
@@ -540,7 +645,8 @@ class Hyperparameters:
 BOOKKEEPING_FIELDS = ("val_loss_every", "timing_warmup_steps", "run_id", "save_checkpoint", "checkpoint_every",
                       "keep_checkpoints", "resume", "force_resume", "sample_at_end", "sample_prompts",
                       "sample_tokens", "compile", "coordinate_descent_tuning", "peak_tflops",
-                      "collective_timeout_s", "train_files", "val_files", "fused_loss", "fused_loss_chunk_tokens")
+                      "collective_timeout_s", "train_files", "val_files", "fused_loss", "fused_loss_chunk_tokens",
+                      "merged_qkv", "batched_muon")
 
 
 def parse_hyperparameters(argv: list[str]) -> Hyperparameters:
@@ -864,7 +970,7 @@ def build_model(args: Hyperparameters, device: torch.device) -> GPT:
                 num_heads=args.num_heads, num_kv_heads=args.num_kv_heads, mlp_dim=args.mlp_dim,
                 max_seq_len=args.sequence_length, logit_softcap=args.logit_softcap,
                 attention_free_layers=attention_free_layers(args), use_flex_attention=device.type == "cuda",
-                activation_dtype=activation_dtype)
+                activation_dtype=activation_dtype, attention=MergedQKVAttention if args.merged_qkv else CausalSelfAttention)
     if args.bf16_embeddings:
         for module in model.modules():
             if isinstance(module, nn.Embedding):
@@ -889,8 +995,11 @@ def build_optimizers(model: GPT, args: Hyperparameters, rank: int, world_size: i
     orthogonalize = newton_schulz_orthogonalize
     if compiles(args, device):  # compiled on its own, apart from the model
         orthogonalize = torch.compile(newton_schulz_orthogonalize)
-    muon = Muon(hidden_matrices, lr=args.muon_lr, momentum=args.muon_momentum, ns_steps=args.newton_schulz_steps,
-                rank=rank, world_size=world_size, orthogonalize=orthogonalize)
+    row_splits = {module.qkv.weight: module.qkv_rows for module in model.modules()
+                  if isinstance(module, MergedQKVAttention)}
+    muon = (BatchedMuon if args.batched_muon else Muon)(
+        hidden_matrices, lr=args.muon_lr, momentum=args.muon_momentum, ns_steps=args.newton_schulz_steps,
+        rank=rank, world_size=world_size, orthogonalize=orthogonalize, row_splits=row_splits)
     for optimizer in (adam, muon):
         for group in optimizer.param_groups:
             group["initial_lr"] = group["lr"]
@@ -1194,6 +1303,31 @@ def train(run: Run, tr: Training, signals: StopSignals):
 CHECKPOINT_FORMAT = "train_gpt.py checkpoint 1"
 
 
+def merged_qkv_names(model: GPT) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    """Name of each merged_qkv weight -> (the names of q, k and v in the unmerged model, their row counts)."""
+    return {f"{name}.qkv.weight": (tuple(f"{name}.{part}.weight" for part in "qkv"), module.qkv_rows)
+            for name, module in model.named_modules() if isinstance(module, MergedQKVAttention)}
+
+
+def checkpoint_layout(model: GPT, tensors: dict) -> dict:
+    """Weights or Muon momenta by name as checkpoints hold them: q, k and v apart, so that a checkpoint loads
+    whether merged_qkv is on or off."""
+    tensors = dict(tensors)
+    for merged, (names, rows) in merged_qkv_names(model).items():
+        tensors.update(zip(names, tensors.pop(merged).split(rows)))
+    return tensors
+
+
+def model_layout(model: GPT, tensors: dict) -> dict:
+    """The inverse of checkpoint_layout: a checkpoint's tensors by this model's names (q, k and v stacked
+    where merged_qkv is on). Names it does not hold stay as they are, for load_state_dict to name."""
+    tensors = dict(tensors)
+    for merged, (names, _) in merged_qkv_names(model).items():
+        if all(name in tensors for name in names):
+            tensors[merged] = torch.cat([tensors.pop(name) for name in names])
+    return tensors
+
+
 def save_checkpoint(run: Run, tr: Training) -> Path:
     """Writes logs/<run_id>/step_<step>.pt: weights, both optimizers' states (Muon's momentum gathered from the
     ranks that own it), the step (which fixes the data position: one shard batch per step), the clock, the RNG,
@@ -1213,8 +1347,9 @@ def save_checkpoint(run: Run, tr: Training) -> Path:
         if run.rank == 0:
             state = dict(format=CHECKPOINT_FORMAT, run_id=run.run_id, step=tr.step, world_size=run.world_size,
                          code=run.code, hyperparameters=dataclasses.asdict(run.args),
-                         model={name: value.cpu() for name, value in tr.model.state_dict().items()},
-                         adam_state=tr.adam.state_dict()["state"], muon_momentum=momentum,
+                         model=checkpoint_layout(tr.model, {name: value.cpu()
+                                                            for name, value in tr.model.state_dict().items()}),
+                         adam_state=tr.adam.state_dict()["state"], muon_momentum=checkpoint_layout(tr.model, momentum),
                          training_time_ms=tr.training_time_ms, timed_steps=tr.timed_steps,
                          timed_flops=tr.timed_flops, rng_cpu=torch.get_rng_state(),
                          rng_cuda=torch.cuda.get_rng_state(run.device) if run.on_gpu else None)
@@ -1287,14 +1422,15 @@ def resume_from_checkpoint(run: Run, model: GPT, adam: torch.optim.Adam, muon: M
         raise InputError(f"{path}: holds step {checkpoint['step']}, but this run ends at num_iterations="
                          f"{args.num_iterations}")
     try:
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(model_layout(model, checkpoint["model"]))
     except RuntimeError as error:
         raise InputError(f"{path}: holds a model of another shape: {str(error).splitlines()[1].strip()}") from None
     adam.load_state_dict(dict(state=checkpoint["adam_state"], param_groups=adam.state_dict()["param_groups"]))
     names = {id(param): name for name, param in model.named_parameters()}
+    momentum = model_layout(model, checkpoint["muon_momentum"])
     for param, owner in muon.owned_parameters():  # owners follow this run's number of ranks
         if owner == run.rank:
-            muon.state[param]["momentum_buffer"] = checkpoint["muon_momentum"][names[id(param)]].to(run.device)
+            muon.state[param]["momentum_buffer"] = momentum[names[id(param)]].to(run.device)
     torch.set_rng_state(checkpoint["rng_cpu"].clone())
     if run.on_gpu and checkpoint["rng_cuda"] is not None:
         torch.cuda.set_rng_state(checkpoint["rng_cuda"].clone(), run.device)
