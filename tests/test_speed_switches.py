@@ -2,6 +2,8 @@
 equals the unmerged one in weights, forward, gradients and a whole optimizer step; training and resuming with the
 switches flipped, on 1 and 2 ranks, continues the same run. (Muon's variants on 1, 2 and 4 ranks are tested in
 test_train_gpt.py, beside the loop's own test.)"""
+import contextlib
+import importlib.util
 import os
 import re
 import signal
@@ -144,9 +146,10 @@ def losses(log: Path) -> dict:
     return {(kind, int(step)): float(value) for step, kind, value in STEP_LOSS.findall(log.read_text())}
 
 
-def train_in_process(cwd: Path, argv: list[str]) -> dict:
-    """One rank of train_gpt.py in this process, as main() runs it (without its signal handlers and exits);
-    returns the final weights as checkpoints hold them."""
+@contextlib.contextmanager
+def one_rank_process(cwd: Path):
+    """This process as rank 0 of 1 in cwd, as a plain `python train_gpt.py` is; leaves the environment, the
+    working directory and the signal handlers as they were, and no process group behind."""
     environment = dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                        MASTER_PORT=str(train_gpt.free_port()))
     saved_environment, saved_directory = {name: os.environ.get(name) for name in environment}, os.getcwd()
@@ -154,13 +157,7 @@ def train_in_process(cwd: Path, argv: list[str]) -> dict:
     os.environ.update(environment)
     os.chdir(cwd)
     try:
-        run = train_gpt.setup(train_gpt.parse_hyperparameters(argv))
-        tr = train_gpt.build_training(run)
-        signals = train_gpt.StopSignals(run)
-        train_gpt.train(run, tr, signals)
-        assert train_gpt.finish(run, tr, signals) == 0
-        train_gpt.teardown(run)
-        return train_gpt.checkpoint_layout(tr.model, tr.model.state_dict())
+        yield
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -169,6 +166,19 @@ def train_in_process(cwd: Path, argv: list[str]) -> dict:
             os.environ.pop(name) if value is None else os.environ.update({name: value})
         for number, handler in handlers.items():
             signal.signal(number, handler)
+
+
+def train_in_process(cwd: Path, argv: list[str]) -> dict:
+    """One rank of train_gpt.py in this process, as main() runs it (without its signal handlers and exits);
+    returns the final weights as checkpoints hold them."""
+    with one_rank_process(cwd):
+        run = train_gpt.setup(train_gpt.parse_hyperparameters(argv))
+        tr = train_gpt.build_training(run)
+        signals = train_gpt.StopSignals(run)
+        train_gpt.train(run, tr, signals)
+        assert train_gpt.finish(run, tr, signals) == 0
+        train_gpt.teardown(run)
+        return train_gpt.checkpoint_layout(tr.model, tr.model.state_dict())
 
 
 def relative_difference(weights: dict, reference: dict) -> float:
@@ -218,3 +228,53 @@ def test_two_ranks_with_the_switches_on_train_as_one_and_resume_with_them_off(pl
     for key, value in losses(tmp_path / "logs" / "off1.txt").items():
         assert value == pytest.approx(two_ranks[key], abs=2e-3), key
     assert relative_difference(weights, plain_weights) < 1e-2
+
+
+# -----------------------------------------------------------------------------
+# tools/compare_switches.py: its dry run on the CPU
+
+_spec = importlib.util.spec_from_file_location("compare_switches", REPO / "tools" / "compare_switches.py")
+compare_switches = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(compare_switches)
+TABLE_ROW = re.compile(r"^\| (?P<variant>[^|]+) \| (?P<switches>[^|]+) \| (?P<ms>[\d.]+) \| (?P<ratio>[\d.]+)x \| "
+                       r"- \| - \| (?P<loss>[\d.]+) \| \d+ \|$", re.MULTILINE)
+
+
+def dry_run_arguments(data_dir: Path, out: Path, *options) -> list[str]:
+    return ["--dry-run", f"--out={out}", *options, f"--train_files={data_dir / 'train_*.bin'}",
+            f"--val_files={data_dir / 'val_*.bin'}", "--num_layers=6", "--attention_free_layers=3"]
+
+
+def test_compare_switches_dry_run_times_every_variant_and_profiles_the_all_on_one(data_dir, tmp_path):
+    with one_rank_process(tmp_path):
+        assert compare_switches.main(dry_run_arguments(data_dir, tmp_path / "out", "--profile_steps=1")) == 0
+    table = (tmp_path / "out" / "switches.md").read_text()
+    rows = [match.groupdict() for match in TABLE_ROW.finditer(table)]
+    assert [row["variant"] for row in rows] == [name for name, _ in compare_switches.VARIANTS]
+    assert [row["switches"] for row in rows] == [", ".join(switches) or "-" for _, switches in compare_switches.VARIANTS]
+    baseline = float(rows[0]["ms"])
+    for row in rows:  # each ratio is to this call's baseline
+        assert float(row["ratio"]) == pytest.approx(float(row["ms"]) / baseline, abs=1e-3), row
+    exact = [row for row in rows if not set(row["switches"].split(", ")) & {"fp8_head"}]
+    assert all(row["loss"] == rows[0]["loss"] for row in exact)  # same seed and tokens, same math
+    for name, measure, limit in compare_switches.TARGETS:
+        assert re.search(rf"^- {name}, {measure} <= {limit}x: ", table, re.MULTILINE), (name, measure)
+    profile = (tmp_path / "out" / "profile_all_on.txt").read_text()
+    assert profile in table or profile.rstrip() in table
+    muon_row = re.search(r"^Muon \(Newton-Schulz\) +([\d.]+) ", profile, re.MULTILINE)
+    assert muon_row and float(muon_row.group(1)) > 0
+    log = next((tmp_path / "logs").glob("*.txt")).read_text()
+    assert [line for line in log.splitlines() if line.startswith("variant: ")] == [
+        f"variant: {name} ({', '.join(switches) or 'no switch'})" for name, switches in compare_switches.VARIANTS]
+
+
+def test_compare_switches_quality_dry_run_stops_at_the_budget(data_dir, tmp_path):
+    with one_rank_process(tmp_path):
+        assert compare_switches.main(dry_run_arguments(data_dir, tmp_path / "out", "--protocol=quality",
+                                                       "--budget=0.001")) == 0
+    table = (tmp_path / "out" / "quality.md").read_text()
+    assert re.search(r"^\| baseline \| 1 \| [\d.]+ \| [\d.]+ \|$", table, re.MULTILINE)
+    assert re.search(r"^\| baseline \| 1 \| [\d.]+ \|$", table, re.MULTILINE)  # the mean of the one run
+    for name, seed in (("fp8_head", 1), ("baseline", 2), ("fp8_head", 2)):
+        assert f"- {name} seed {seed}: skipped, the budget of 0 s would not hold it" in table
+    assert "- fp8_head mean <= 2.655: not measured" in table
