@@ -382,6 +382,189 @@ class Block(nn.Module):
 
 
 # -----------------------------------------------------------------------------
+# The LM head and its loss: the plain path, and the speed switches fp8_head and fused_loss
+
+
+def softcapped_logits(logits: torch.Tensor, softcap: float) -> torch.Tensor:
+    """cap * tanh(logits / cap) in the logits' dtype, then fp32 for the cross-entropy."""
+    return (softcap * torch.tanh(logits / softcap)).float()
+
+
+def softcapped_cross_entropy(x: torch.Tensor, lm_head: CastedLinear, targets: torch.Tensor,
+                             softcap: float) -> torch.Tensor:
+    """The plain path: the whole (tokens x vocab) logits, soft-capped, then the mean cross-entropy over the
+    targets that are not IGNORED_TARGET."""
+    return F.cross_entropy(softcapped_logits(lm_head(x), softcap), targets)
+
+
+# FP8 scales of the record of 2025-01-13 (@YouJiacheng's FP8 head): x, W and the gradient are multiplied by them
+# before their cast to FP8 (e4m3 for x and W, e5m2 for the gradient) and the products divided by them. The
+# record's gradient is that of a mean over FP8_GRAD_TOKENS tokens (its micro-batch); a mean over n tokens has
+# gradients n / FP8_GRAD_TOKENS times smaller, so it gets a scale that much larger (fp8_grad_scale).
+FP8_INPUT_SCALE, FP8_WEIGHT_SCALE, FP8_GRAD_SCALE, FP8_GRAD_TOKENS = 2.0, 32.0, 2.0**29, 65536
+
+
+def fp8_grad_scale(grad_tokens: int) -> float:
+    return FP8_GRAD_SCALE * grad_tokens / FP8_GRAD_TOKENS
+
+
+def to_fp8(x: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """x * scale in an FP8 dtype, saturated at its largest finite value (PyTorch 2.11 casts beyond it to NaN)."""
+    largest = torch.finfo(dtype).max
+    return (x * scale).clamp(-largest, largest).to(dtype)
+
+
+def scaled_mm(a: torch.Tensor, b: torch.Tensor, a_scale: float, b_scale: float, out_dtype: torch.dtype,
+              fast_accum: bool = False) -> torch.Tensor:
+    """a @ b / (a_scale * b_scale) for FP8 operands from to_fp8; a row-major, b column-major, sizes % 16 == 0."""
+    return torch._scaled_mm(a, b, scale_a=a.new_tensor(1 / a_scale, dtype=torch.float32),
+                            scale_b=a.new_tensor(1 / b_scale, dtype=torch.float32), out_dtype=out_dtype,
+                            use_fast_accum=fast_accum)
+
+
+class CastedProducts:
+    """The head's three products (logits = x W^T, grad_x = g W, grad_W = g^T x) as CastedLinear computes them:
+    in the activations' dtype, the fp32 master weight cast once. For chunked_softcapped_cross_entropy, which
+    computes the head's gradients itself."""
+
+    @staticmethod
+    def weight_operand(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return weight.to(dtype)
+
+    @staticmethod
+    def input_operand(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @staticmethod
+    def output(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return x @ weight.T
+
+    @staticmethod
+    def grads(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype, grad_tokens: int):
+        """(grad_x in dtype, grad_W in fp32) from grad, the gradient of a mean over grad_tokens tokens."""
+        grad = grad.to(dtype)
+        return grad @ weight, (grad.T @ x).float()
+
+
+class FP8Products:
+    """The same three products in FP8 through torch._scaled_mm, as the record of 2025-01-13: x and W in e4m3,
+    the gradient in e5m2 (more range, less precision); fast accumulation only for the logits."""
+
+    @staticmethod
+    def weight_operand(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return to_fp8(weight, FP8_WEIGHT_SCALE, torch.float8_e4m3fn)
+
+    @staticmethod
+    def input_operand(x: torch.Tensor) -> torch.Tensor:
+        return to_fp8(x, FP8_INPUT_SCALE, torch.float8_e4m3fn)
+
+    @staticmethod
+    def output(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return scaled_mm(x, weight.T, FP8_INPUT_SCALE, FP8_WEIGHT_SCALE, dtype, fast_accum=True)
+
+    @staticmethod
+    def grads(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype, grad_tokens: int):
+        grad_scale = fp8_grad_scale(grad_tokens)
+        grad = to_fp8(grad, grad_scale, torch.float8_e5m2)
+        grad_x = scaled_mm(grad, weight.T.contiguous().T, grad_scale, FP8_WEIGHT_SCALE, dtype)
+        # grad_W^T = x^T g: the record found it faster than g^T x for (vocab, dim) = (50304, 768)
+        grad_w = scaled_mm(x.T.contiguous(), grad.T.contiguous().T, FP8_INPUT_SCALE, grad_scale, torch.float32)
+        return grad_x, grad_w.T
+
+
+class FP8Linear(torch.autograd.Function):
+    """x @ W^T with FP8Products, forward and backward; the backward keeps only the FP8 copies of x and W."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, grad_tokens: int) -> torch.Tensor:
+        x8, w8 = FP8Products.input_operand(x), FP8Products.weight_operand(weight, x.dtype)
+        ctx.save_for_backward(x8, w8)
+        ctx.dtype, ctx.grad_tokens = x.dtype, grad_tokens
+        return FP8Products.output(x8, w8, x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x8, w8 = ctx.saved_tensors
+        grad_x, grad_w = FP8Products.grads(grad.contiguous(), x8, w8, ctx.dtype, ctx.grad_tokens)
+        return grad_x, grad_w, None
+
+
+class FP8CastedLinear(CastedLinear):
+    """fp8_head: the LM head with its three products in FP8 while training; without gradients (validation,
+    samples) it is the plain bf16 head, as in the record. The same weight as CastedLinear: checkpoints load
+    either way. grad_tokens: the tokens the loss reaching it averages over (a rank's tokens per step)."""
+
+    def __init__(self, in_features: int, out_features: int, zero_init: bool = False, grad_tokens: int = FP8_GRAD_TOKENS):
+        super().__init__(in_features, out_features, zero_init)
+        self.grad_tokens = grad_tokens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return super().forward(x)
+        return FP8Linear.apply(x.flatten(0, -2), self.weight, self.grad_tokens).view(*x.shape[:-1], -1)
+
+
+def chunked_loss_and_grads(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float,
+                           chunk_tokens: int, products, with_grads: bool):
+    """softcapped_cross_entropy's loss over chunks of chunk_tokens tokens, and (with_grads) its gradients with
+    respect to x and the fp32 weight; (loss, grad_x, grad_w). Only one chunk's logits exist at a time.
+
+    d loss / d logit = (softmax - onehot(target)) * (1 - tanh^2) / tokens, tanh the soft cap's; rows of
+    IGNORED_TARGET count for nothing. The soft cap is computed in fp32 (the plain path: in the logits' dtype)."""
+    counted = targets != IGNORED_TARGET
+    tokens = counted.sum()
+    w = products.weight_operand(weight, x.dtype)
+    loss = torch.zeros((), dtype=torch.float32, device=x.device)
+    grad_x, grad_w = [], torch.zeros_like(weight, dtype=torch.float32) if with_grads else None
+    vocab = torch.arange(weight.size(0), device=x.device)
+    for start in range(0, len(x), chunk_tokens):
+        x_chunk, chunk_targets = products.input_operand(x[start:start + chunk_tokens]), targets[start:start + chunk_tokens]
+        chunk_counted = counted[start:start + chunk_tokens]
+        tanh = torch.tanh(products.output(x_chunk, w, x.dtype).float() / softcap)
+        logits = softcap * tanh
+        log_normalizer = torch.logsumexp(logits, dim=-1)
+        target_logits = logits.gather(-1, chunk_targets.clamp(min=0)[:, None])[:, 0]  # IGNORED_TARGET < 0
+        loss = loss + torch.where(chunk_counted, log_normalizer - target_logits, 0.0).sum()
+        if with_grads:
+            grad = ((torch.exp(logits - log_normalizer[:, None]) - (vocab == chunk_targets[:, None]).float())
+                    * (1 - tanh.square()) * (chunk_counted / tokens)[:, None])
+            chunk_grad_x, chunk_grad_w = products.grads(grad, x_chunk, w, x.dtype, len(x))
+            grad_x.append(chunk_grad_x)
+            grad_w = grad_w + chunk_grad_w
+    return loss / tokens, torch.cat(grad_x) if with_grads else None, grad_w
+
+
+class ChunkedSoftcappedCrossEntropy(torch.autograd.Function):
+    """chunked_loss_and_grads as an autograd function: the gradients are computed in the forward, chunk by
+    chunk, from the logits then at hand, and the backward only scales them by the loss's incoming gradient (as
+    Liger Kernel's fused linear cross-entropy does). So the head costs its three products, as on the plain
+    path; recomputing each chunk's logits in the backward instead would add a fourth (about a tenth of the
+    model's matrix FLOPs). What is kept from forward to backward is grad_x and the fp32 grad_W."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float,
+                chunk_tokens: int, products) -> torch.Tensor:
+        loss, grad_x, grad_w = chunked_loss_and_grads(x, weight, targets, softcap, chunk_tokens, products, True)
+        ctx.save_for_backward(grad_x, grad_w)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_x, grad_w = ctx.saved_tensors
+        return grad_x * grad_loss, grad_w * grad_loss, None, None, None, None
+
+
+def chunked_softcapped_cross_entropy(x: torch.Tensor, lm_head: CastedLinear, targets: torch.Tensor,
+                                     softcap: float, chunk_tokens: int, products=CastedProducts) -> torch.Tensor:
+    """fused_loss: softcapped_cross_entropy (same math to fp32 rounding) without the whole (tokens x vocab)
+    logits. products: CastedProducts, or FP8Products with fp8_head (while training; without gradients the
+    head's products are bf16, as FP8CastedLinear's)."""
+    if torch.is_grad_enabled():
+        return ChunkedSoftcappedCrossEntropy.apply(x, lm_head.weight, targets, softcap, chunk_tokens, products)
+    return chunked_loss_and_grads(x, lm_head.weight, targets, softcap, chunk_tokens, CastedProducts, False)[0]
+
+
+# -----------------------------------------------------------------------------
 # The GPT
 
 
@@ -395,9 +578,11 @@ class GPT(nn.Module):
     def __init__(self, vocab_size: int, num_layers: int, model_dim: int, num_heads: int, num_kv_heads: int,
                  mlp_dim: int, max_seq_len: int, logit_softcap: float, attention_free_layers: tuple[int, ...],
                  num_value_embeddings: int = 3, use_flex_attention: bool = True,
-                 activation_dtype: torch.dtype = torch.bfloat16, attention: type = CausalSelfAttention):
+                 activation_dtype: torch.dtype = torch.bfloat16, attention: type = CausalSelfAttention,
+                 head: type = CastedLinear, head_loss=softcapped_cross_entropy):
         super().__init__()
         self.num_layers, self.logit_softcap, self.use_flex_attention = num_layers, logit_softcap, use_flex_attention
+        self.head_loss = head_loss  # (x, lm_head, targets, softcap) -> mean loss
         self.activation_dtype = activation_dtype
         self.num_encoder_layers = num_layers // 2
         kv_dim = num_kv_heads * (model_dim // num_heads)
@@ -408,7 +593,7 @@ class GPT(nn.Module):
                   attention=attention)
             for i in range(num_layers))
         self.skip_weights = nn.Parameter(torch.ones(num_layers - self.num_encoder_layers))
-        self.lm_head = CastedLinear(model_dim, vocab_size, zero_init=True)
+        self.lm_head = head(model_dim, vocab_size, zero_init=True)
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor | None, window_blocks: torch.Tensor):
         """inputs: one flat token sequence (documents separated by EOT). Returns the mean loss, or the
@@ -427,12 +612,10 @@ class GPT(nn.Module):
             x = block(x, x0, value_embeddings[i], mask)
             if i < self.num_encoder_layers:
                 skips.append(x)
-        logits = self.lm_head(norm(x))
-        logits = self.logit_softcap * torch.tanh(logits / self.logit_softcap)  # soft cap, in activation_dtype
-        logits = logits.float()  # the cross-entropy in fp32
+        x = norm(x)[0]
         if targets is None:
-            return logits[0]
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets)
+            return softcapped_logits(self.lm_head(x), self.logit_softcap)
+        return self.head_loss(x, self.lm_head, targets, self.logit_softcap)
 
 
 # -----------------------------------------------------------------------------
@@ -640,8 +823,9 @@ class Hyperparameters:
                                  "rounding)")
 
 
-# Fields that leave the trained weights unchanged: a resumed run may change them. (records/compare.py groups
-# repeated runs by a narrower set, FIELDS_IGNORED_FOR_GROUPING: data, validation and compilation still split.)
+# Fields that leave the trained weights unchanged (or change them by rounding only, as fused_loss): a resumed
+# run may change them. (records/compare.py groups repeated runs by a narrower set, FIELDS_IGNORED_FOR_GROUPING:
+# data, validation and compilation still split.)
 BOOKKEEPING_FIELDS = ("val_loss_every", "timing_warmup_steps", "run_id", "save_checkpoint", "checkpoint_every",
                       "keep_checkpoints", "resume", "force_resume", "sample_at_end", "sample_prompts",
                       "sample_tokens", "compile", "coordinate_descent_tuning", "peak_tflops",
@@ -722,6 +906,12 @@ def check_hyperparameters(args: Hyperparameters, world_size: int):
         raise InputError(f"vocab_size={args.vocab_size} must exceed the GPT-2 EOT token id {EOT_TOKEN}")
     if args.vocab_size > 65536:
         raise InputError(f"vocab_size={args.vocab_size}: shards hold uint16 token ids, so at most 65536")
+    if args.fp8_head and (args.model_dim % 16 or args.vocab_size % 16):
+        raise InputError(f"fp8_head=true: FP8 products need model_dim={args.model_dim} and vocab_size="
+                         f"{args.vocab_size} divisible by 16; change them or turn fp8_head off")
+    if args.fp8_head and args.fused_loss and args.fused_loss_chunk_tokens % 16:
+        raise InputError(f"fused_loss_chunk_tokens={args.fused_loss_chunk_tokens}: with fp8_head each chunk's "
+                         "FP8 products need a multiple of 16 tokens")
     if args.sample_at_end and not args.sample_prompts.strip():
         raise InputError("sample_at_end=true with no sample_prompts")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.run_id or "x"):
@@ -890,6 +1080,15 @@ def check_run_outputs(args: Hyperparameters):
             raise InputError(f"{LOGS / args.run_id}/ already holds checkpoints; choose another --run_id")
 
 
+def check_device(args: Hyperparameters, device: torch.device):
+    """What the hyperparameters need of the card: FP8 matrix units for fp8_head (compute capability 8.9+)."""
+    if args.fp8_head and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise InputError(f"fp8_head=true needs FP8 matrix units (compute capability 8.9 or higher: Ada, Hopper, "
+                         f"Blackwell); {torch.cuda.get_device_name(device)} has {major}.{minor}: run with "
+                         "--fp8_head=false")
+
+
 def environment_report(device: torch.device, world_size: int) -> str:
     try:
         smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
@@ -914,6 +1113,7 @@ def setup(args: Hyperparameters) -> Run:
     rank, world_size, device = distributed_environment()
     try:
         train_files, val_files = check_run_inputs(args, world_size)
+        check_device(args, device)
         check_run_outputs(args)
     except InputError as error:
         exit_on_input_error(error, rank)
@@ -963,14 +1163,21 @@ def compiles(args: Hyperparameters, device: torch.device) -> bool:
     return args.compile == "true" or (args.compile == "auto" and device.type == "cuda")
 
 
-def build_model(args: Hyperparameters, device: torch.device) -> GPT:
+def build_model(args: Hyperparameters, device: torch.device, world_size: int = 1) -> GPT:
     activation_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32,
                         "auto": torch.bfloat16 if device.type == "cuda" else torch.float32}[args.compute_dtype]
+    # The loss reaching the head is a mean over a rank's tokens of the step (micro-batch means / their count).
+    head = (functools.partial(FP8CastedLinear, grad_tokens=args.batch_size // world_size) if args.fp8_head
+            else CastedLinear)
+    head_loss = (functools.partial(chunked_softcapped_cross_entropy, chunk_tokens=args.fused_loss_chunk_tokens,
+                                   products=FP8Products if args.fp8_head else CastedProducts)
+                 if args.fused_loss else softcapped_cross_entropy)
     model = GPT(vocab_size=args.vocab_size, num_layers=args.num_layers, model_dim=args.model_dim,
                 num_heads=args.num_heads, num_kv_heads=args.num_kv_heads, mlp_dim=args.mlp_dim,
                 max_seq_len=args.sequence_length, logit_softcap=args.logit_softcap,
                 attention_free_layers=attention_free_layers(args), use_flex_attention=device.type == "cuda",
-                activation_dtype=activation_dtype, attention=MergedQKVAttention if args.merged_qkv else CausalSelfAttention)
+                activation_dtype=activation_dtype, head=head, head_loss=head_loss,
+                attention=MergedQKVAttention if args.merged_qkv else CausalSelfAttention)
     if args.bf16_embeddings:
         for module in model.modules():
             if isinstance(module, nn.Embedding):
@@ -1165,7 +1372,7 @@ def build_training(run: Run) -> Training:
     resuming."""
     args = run.args
     torch.manual_seed(args.seed)
-    model = build_model(args, run.device)
+    model = build_model(args, run.device, run.world_size)
     adam, muon = build_optimizers(model, args, run.rank, run.world_size)
     resumed = resume_from_checkpoint(run, model, adam, muon) if args.resume else {}
     inductor_config.coordinate_descent_tuning = args.coordinate_descent_tuning

@@ -204,6 +204,7 @@ def compare_speed(run, options) -> str:
         args = variant_args(run.args, switches, run_id=run.run_id)
         try:
             train_gpt.check_hyperparameters(args, run.world_size)
+            train_gpt.check_device(args, run.device)
         except train_gpt.InputError as error:
             notes.append(f"{name}: not run: {error}")
             continue
@@ -256,6 +257,7 @@ def compare_quality(run, options) -> str:
         args = variant_args(run.args, switches, seed=seed, run_id=run.run_id)
         try:
             train_gpt.check_hyperparameters(args, run.world_size)
+            train_gpt.check_device(args, run.device)
         except train_gpt.InputError as error:
             notes.append(f"{name} seed {seed}: not run: {error}")
             continue
