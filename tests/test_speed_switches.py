@@ -245,27 +245,32 @@ def dry_run_arguments(data_dir: Path, out: Path, *options) -> list[str]:
             f"--val_files={data_dir / 'val_*.bin'}", "--num_layers=6", "--attention_free_layers=3"]
 
 
-def test_compare_switches_dry_run_times_every_variant_and_profiles_the_all_on_one(data_dir, tmp_path):
+# fp8_head's products take about a minute per step on a CPU: the dry run leaves it out.
+NOT_FP8 = [(name, switches) for name, switches in compare_switches.VARIANTS if "fp8_head" not in switches]
+
+
+def test_compare_switches_dry_run_times_each_variant_and_profiles_one(data_dir, tmp_path):
+    variants = ",".join(name for name, _ in reversed(NOT_FP8))  # run in VARIANTS' order whatever the list's
     with one_rank_process(tmp_path):
-        assert compare_switches.main(dry_run_arguments(data_dir, tmp_path / "out", "--profile_steps=1")) == 0
+        assert compare_switches.main(dry_run_arguments(data_dir, tmp_path / "out", f"--variants={variants}",
+                                                       "--profile=exact-math switches")) == 0
     table = (tmp_path / "out" / "switches.md").read_text()
     rows = [match.groupdict() for match in TABLE_ROW.finditer(table)]
-    assert [row["variant"] for row in rows] == [name for name, _ in compare_switches.VARIANTS]
-    assert [row["switches"] for row in rows] == [", ".join(switches) or "-" for _, switches in compare_switches.VARIANTS]
+    assert [row["variant"] for row in rows] == [name for name, _ in NOT_FP8]
+    assert [row["switches"] for row in rows] == [", ".join(switches) or "-" for _, switches in NOT_FP8]
     baseline = float(rows[0]["ms"])
     for row in rows:  # each ratio is to this call's baseline
-        assert float(row["ratio"]) == pytest.approx(float(row["ms"]) / baseline, abs=1e-3), row
-    exact = [row for row in rows if not set(row["switches"].split(", ")) & {"fp8_head"}]
-    assert all(row["loss"] == rows[0]["loss"] for row in exact)  # same seed and tokens, same math
-    for name, measure, limit in compare_switches.TARGETS:
-        assert re.search(rf"^- {name}, {measure} <= {limit}x: ", table, re.MULTILINE), (name, measure)
-    profile = (tmp_path / "out" / "profile_all_on.txt").read_text()
-    assert profile in table or profile.rstrip() in table
+        assert float(row["ratio"]) == pytest.approx(float(row["ms"]) / baseline, rel=1e-3, abs=1e-3), row
+    assert all(row["loss"] == rows[0]["loss"] for row in rows)  # same seed and tokens, same math
+    assert "- all switches, ms/step <= 0.77x: not measured" in table
+    assert re.search(r"^- exact-math switches, ms/step <= 0.87x: [\d.]+x, (met|NOT met)$", table, re.MULTILINE)
+    profile = (tmp_path / "out" / "profile.txt").read_text()
+    assert "## Profile of 'exact-math switches'" in table and profile.rstrip() in table
     muon_row = re.search(r"^Muon \(Newton-Schulz\) +([\d.]+) ", profile, re.MULTILINE)
-    assert muon_row and float(muon_row.group(1)) > 0
+    assert muon_row and float(muon_row.group(1)) > 0  # batched Newton-Schulz inside Muon's scope
     log = next((tmp_path / "logs").glob("*.txt")).read_text()
     assert [line for line in log.splitlines() if line.startswith("variant: ")] == [
-        f"variant: {name} ({', '.join(switches) or 'no switch'})" for name, switches in compare_switches.VARIANTS]
+        f"variant: {name} ({', '.join(switches) or 'no switch'})" for name, switches in NOT_FP8]
 
 
 def test_compare_switches_quality_dry_run_stops_at_the_budget(data_dir, tmp_path):

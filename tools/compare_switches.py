@@ -13,8 +13,8 @@ protocol's mean window; the data starts at the first batch). Step time is steady
 few timed steps stand for the protocol's 90. OUT/switches.md gets, per variant: ms per step and its ratio to
 this call's baseline, peak memory allocated (reset before each variant) and its ratio, the training loss
 after the last step (same seed and tokens: the exact-math switches must match the baseline's), and the setup
-and compilation time; then the figures issue 26 asks for, and the profile of the all-on variant
-(tools/profile_step.py's kernel classes; also OUT/profile_all_on.txt).
+and compilation time; then the figures issue 26 asks for, and the profile of --profile's variant (all switches
+on by default; tools/profile_step.py's kernel classes; also OUT/profile.txt). --variants runs only some.
 
 --protocol quality runs the quality protocol (300 steps of 65,536 tokens, validation at 100, 200, 300) with
 seeds 1 and 2 for the baseline and fp8_head, interleaved so that a cut budget leaves whole seeds; OUT/quality.md
@@ -49,7 +49,6 @@ SWITCHES = ("fused_loss", "merged_qkv", "batched_muon", "fp8_head")
 EXACT_MATH = ("fused_loss", "merged_qkv", "batched_muon")  # fp8_head changes the numerics
 VARIANTS = (("baseline", ()), ("all switches", SWITCHES), ("exact-math switches", EXACT_MATH),
             *((name, (name,)) for name in SWITCHES))
-PROFILED = "all switches"
 # Issue 26's figures, each against this call's baseline: (variant, measure, at most this ratio).
 TARGETS = (("all switches", "ms/step", 0.77), ("exact-math switches", "ms/step", 0.87),
            ("all switches", "peak memory", 0.7))
@@ -80,8 +79,11 @@ def parse_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--timed_steps", type=int, default=10, help="speed: timed steps; default %(default)s")
     parser.add_argument("--at_step", type=int, default=50, help="speed: the schedules as at this step; default "
                         "%(default)s")
-    parser.add_argument("--profile_steps", type=int, default=2, help="speed: profiled steps of the all-on "
+    parser.add_argument("--profile_steps", type=int, default=2, help="speed: profiled steps of --profile's "
                         "variant; 0: no profile; default %(default)s")
+    parser.add_argument("--variants", help="speed: a comma list of the variants to run (in VARIANTS' order "
+                        "whatever the list's); default all: " + ", ".join(name for name, _ in VARIANTS))
+    parser.add_argument("--profile", default="all switches", help="speed: the variant to profile; default %(default)s")
     parser.add_argument("--dry-run", dest="dry_run", action="store_true", help="tiny overrides, 1 + 1 steps")
     options, overrides = parser.parse_known_args(argv)
     if options.dry_run:
@@ -92,6 +94,12 @@ def parse_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         parser.error("--warmup_steps, --at_step and --profile_steps >= 0, --timed_steps >= 1")
     if options.budget < 0:
         parser.error("--budget >= 0")
+    names = [name for name, _ in VARIANTS]
+    chosen = names if options.variants is None else [name.strip() for name in options.variants.split(",")]
+    for name in chosen + [options.profile]:
+        if name not in names:
+            parser.error(f"no variant {name!r}; the variants are: {', '.join(names)}")
+    options.variants = [(name, switches) for name, switches in VARIANTS if name in chosen]
     return options, PROTOCOLS[options.protocol] + overrides
 
 
@@ -151,7 +159,7 @@ def speed_variant(run: train_gpt.Run, args: train_gpt.Hyperparameters, options, 
             with record_function("profiled_steps"):
                 wall_s = profile_step.timed_steps(variant_run, tr, options.profile_steps)
         items, busy_us = profile_step.collect(prof.events(), run.on_gpu)
-        header = [f"profile of {PROFILED!r}: steps {tr.step - options.profile_steps + 1}-{tr.step}, "
+        header = [f"profile of {options.profile!r}: steps {tr.step - options.profile_steps + 1}-{tr.step}, "
                   f"{options.profile_steps} profiled ({1000 * wall_s / options.profile_steps:.2f} ms/step); "
                   f"the Muon row holds every kernel launched inside tr.muon.step"]
         result["profile"] = profile_step.report(items, busy_us, wall_s, options.profile_steps, header)
@@ -176,7 +184,7 @@ def speed_report(run, options, results: dict, notes: list[str]) -> str:
              f"{options.timed_steps} timed (device synchronized before and after)", "",
              "| variant | switches on | ms/step | vs baseline | peak memory MiB | vs baseline | train loss at the "
              "last step | setup + warm-up s |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, switches in VARIANTS:
+    for name, switches in options.variants:
         if name not in results:
             continue
         r = results[name]
@@ -193,14 +201,15 @@ def speed_report(run, options, results: dict, notes: list[str]) -> str:
             verdict = "met" if value / reference <= limit else "NOT met"
             lines.append(f"- {name}, {measure} <= {limit}x: {value / reference:.3f}x, {verdict}")
     lines += [f"- {note}" for note in notes]
-    if PROFILED in results and "profile" in results[PROFILED]:
-        lines += ["", f"## Profile of {PROFILED!r}", "", "```", results[PROFILED]["profile"].rstrip(), "```"]
+    if "profile" in results.get(options.profile, {}):
+        lines += ["", f"## Profile of {options.profile!r}", "", "```", results[options.profile]["profile"].rstrip(),
+                  "```"]
     return "\n".join(lines) + "\n"
 
 
 def compare_speed(run, options) -> str:
     results, notes, budget = {}, [], Budget(options.budget)
-    for name, switches in tqdm(VARIANTS, desc="variants", unit="variant", disable=run.rank != 0):
+    for name, switches in tqdm(options.variants, desc="variants", unit="variant", disable=run.rank != 0):
         args = variant_args(run.args, switches, run_id=run.run_id)
         try:
             train_gpt.check_hyperparameters(args, run.world_size)
@@ -214,11 +223,11 @@ def compare_speed(run, options) -> str:
         run.log(f"variant: {name} ({', '.join(switches) or 'no switch'})", console=True)
         started = time.perf_counter()
         release(run)
-        results[name] = speed_variant(run, args, options, profiled=name == PROFILED)
+        results[name] = speed_variant(run, args, options, profiled=name == options.profile)
         budget.took(time.perf_counter() - started)
         write(run, options.out / "switches.md", speed_report(run, options, results, notes))
-    if PROFILED in results and "profile" in results[PROFILED]:
-        write(run, options.out / "profile_all_on.txt", results[PROFILED]["profile"])
+    if "profile" in results.get(options.profile, {}):
+        write(run, options.out / "profile.txt", results[options.profile]["profile"])
     text = speed_report(run, options, results, notes)
     write(run, options.out / "switches.md", text)  # with the notes of variants skipped at the end
     return text
