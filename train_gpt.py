@@ -823,9 +823,9 @@ class Hyperparameters:
                                  "rounding)")
 
 
-# Fields that leave the trained weights unchanged (or change them by rounding only, as fused_loss): a resumed
-# run may change them. (records/compare.py groups repeated runs by a narrower set, FIELDS_IGNORED_FOR_GROUPING:
-# data, validation and compilation still split.)
+# Fields that leave the trained weights unchanged (or change them by rounding only: fused_loss, merged_qkv,
+# batched_muon): a resumed run may change them. (records/compare.py groups repeated runs by a narrower set,
+# FIELDS_IGNORED_FOR_GROUPING: data, validation and compilation still split.)
 BOOKKEEPING_FIELDS = ("val_loss_every", "timing_warmup_steps", "run_id", "save_checkpoint", "checkpoint_every",
                       "keep_checkpoints", "resume", "force_resume", "sample_at_end", "sample_prompts",
                       "sample_tokens", "compile", "coordinate_descent_tuning", "peak_tflops",
