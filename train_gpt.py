@@ -66,6 +66,7 @@ def newton_schulz_orthogonalize(grad: torch.Tensor, steps: int) -> torch.Tensor:
 
     A quintic iteration whose coefficients maximise the slope at zero; it does not converge to exactly 1
     but leaves singular values in a band around it, which trains as well and costs only 5 steps in bf16.
+    Leading dimensions are a batch of matrices of one shape (batched_muon), each orthogonalized on its own.
     """
     a, b, c = 3.4445, -4.7750, 2.0315
     x = grad.bfloat16()
@@ -91,28 +92,49 @@ class Muon(torch.optim.Optimizer):
     rank r orthogonalizes parameter r of the chunk, and all ranks exchange the updates with an
     asynchronous all_gather that overlaps the next chunk's Newton-Schulz. Momentum buffers therefore
     live only on the rank that owns the parameter; the result is the same on any number of ranks.
+
+    row_splits maps a parameter that stacks several matrices (merged_qkv's q, k and v) to their row counts:
+    each of its row blocks is orthogonalized and scaled as its own matrix, so the update is the unmerged one.
     """
 
     def __init__(self, params, lr: float, momentum: float, nesterov: bool = True, ns_steps: int = 5,
-                 rank: int = 0, world_size: int = 1, orthogonalize=newton_schulz_orthogonalize):
+                 rank: int = 0, world_size: int = 1, orthogonalize=newton_schulz_orthogonalize,
+                 row_splits: dict | None = None):
         params = list(params)
         sizes = sorted({p.numel() for p in params}, reverse=True)
         groups = [dict(params=[p for p in params if p.numel() == size]) for size in sizes]
         super().__init__(groups, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps))
         self.rank, self.world_size, self.orthogonalize = rank, world_size, orthogonalize
+        self.row_splits = row_splits or {}
         # One flat bf16 receive buffer per group, kept outside param_groups so state_dict stays small.
         self.gather_buffers = [torch.empty(world_size * size, dtype=torch.bfloat16, device=params[0].device)
                                for size in sizes]
 
-    def _orthogonalized_momentum(self, param: torch.Tensor, group: dict) -> torch.Tensor:
+    def matrices(self, tensor: torch.Tensor, param: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """tensor (param's shape, or flat) as the matrices Muon orthogonalizes: param's row blocks."""
+        return tensor.view_as(param).split(self.row_splits.get(param, param.size(0)))
+
+    def momentum_update(self, param: torch.Tensor, group: dict) -> torch.Tensor:
+        """Updates param's momentum buffer with its gradient; returns what is orthogonalized (Nesterov's)."""
         grad, momentum = param.grad, group["momentum"]
         state = self.state[param]
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(grad)
         buffer = state["momentum_buffer"]
         buffer.lerp_(grad, 1 - momentum)  # EMA of gradients
-        update = grad.lerp_(buffer, momentum) if group["nesterov"] else buffer
-        return self.orthogonalize(update, group["ns_steps"]).flatten()
+        return grad.lerp_(buffer, momentum) if group["nesterov"] else buffer
+
+    def _orthogonalized_momentum(self, param: torch.Tensor, group: dict) -> torch.Tensor:
+        update = self.momentum_update(param, group)
+        orthogonalized = [self.orthogonalize(matrix, group["ns_steps"]).flatten()
+                          for matrix in self.matrices(update, param)]
+        return torch.cat(orthogonalized) if len(orthogonalized) > 1 else orthogonalized[0]
+
+    def apply_update(self, param: torch.Tensor, update: torch.Tensor, lr: float):
+        """param -= lr x update, each matrix scaled by sqrt(max(1, rows / columns))."""
+        for block, block_update in zip(self.matrices(param, param), self.matrices(update, param)):
+            shape_scale = max(1.0, block.size(-2) / block.size(-1)) ** 0.5
+            block.add_(block_update, alpha=-lr * shape_scale)
 
     def owned_parameters(self):
         """(parameter, rank that owns its momentum) for every parameter, in the order step() walks them."""
@@ -129,8 +151,7 @@ class Muon(torch.optim.Optimizer):
             def apply_updates(handle, chunk):
                 handle.wait()
                 for param, update in zip(chunk, rows):  # a last, short chunk ignores the spare rows
-                    shape_scale = max(1.0, param.size(-2) / param.size(-1)) ** 0.5
-                    param.add_(update.view_as(param), alpha=-group["lr"] * shape_scale)
+                    self.apply_update(param, update, group["lr"])
 
             for start in range(0, len(params), self.world_size):
                 chunk = params[start:start + self.world_size]
@@ -141,6 +162,61 @@ class Muon(torch.optim.Optimizer):
                     apply_updates(*in_flight)
                 in_flight = (all_gather_flat(gathered, mine, async_op=True), chunk)
             apply_updates(*in_flight)
+
+
+class BatchedMuon(Muon):
+    """Muon with one batched Newton-Schulz per matrix shape (batched_muon): each rank orthogonalizes all the
+    matrices it owns at once, shape by shape, tall ones transposed to their wide orientation (as the loop
+    does each), then exchanges each group's updates with one all_gather. The owners are Muon's, so the
+    momentum buffers and checkpoints are the same; the result equals the loop's to bf16 rounding (a batched
+    product may round differently). A later record's way (@kellerjordan0's batched Muon)."""
+
+    def __init__(self, params, *args, **kwargs):
+        super().__init__(params, *args, **kwargs)
+        # Group g's buffer holds world_size rows of its chunks' updates: rank r's row carries its parameter of
+        # every chunk (a rank without one in the last chunk sends padding).
+        self.gather_buffers = [torch.empty(self.world_size * self.chunks(group) * group["params"][0].numel(),
+                                           dtype=torch.bfloat16, device=group["params"][0].device)
+                               for group in self.param_groups]
+
+    def chunks(self, group: dict) -> int:
+        return -(-len(group["params"]) // self.world_size)
+
+    def orthogonalized_owned(self) -> dict:
+        """param -> its flat bf16 update, for every parameter this rank owns: one orthogonalize call per
+        (wide shape, steps)."""
+        pieces = {}  # param -> [matrix, transposed?] for each matrix it is orthogonalized as
+        by_shape = {}  # (wide shape, steps) -> [(param, index into pieces[param])]
+        for group in self.param_groups:
+            for param in group["params"][self.rank::self.world_size]:
+                update = self.momentum_update(param, group)
+                pieces[param] = []
+                for matrix in self.matrices(update, param):
+                    tall = matrix.size(-2) > matrix.size(-1)
+                    wide = matrix.mT if tall else matrix
+                    by_shape.setdefault((tuple(wide.shape), group["ns_steps"]), []).append((param, len(pieces[param])))
+                    pieces[param].append([wide, tall])
+        for (_, steps), members in by_shape.items():
+            stacked = self.orthogonalize(torch.stack([pieces[param][index][0] for param, index in members]), steps)
+            for (param, index), result in zip(members, stacked):
+                pieces[param][index][0] = result.mT if pieces[param][index][1] else result
+        return {param: torch.cat([matrix.flatten() for matrix, _ in matrices]) for param, matrices in pieces.items()}
+
+    @torch.no_grad()
+    def step(self):
+        updates = self.orthogonalized_owned()
+        exchanges = []
+        for group, gathered in zip(self.param_groups, self.gather_buffers):
+            params, size = group["params"], group["params"][0].numel()
+            mine = [updates[param] for param in params[self.rank::self.world_size]]
+            if len(mine) < self.chunks(group):  # no parameter of this rank in the last chunk
+                mine.append(torch.zeros(size, dtype=torch.bfloat16, device=gathered.device))
+            exchanges.append((all_gather_flat(gathered, torch.cat(mine), async_op=True), group, gathered))
+        for handle, group, gathered in exchanges:
+            handle.wait()
+            rows = gathered.view(self.world_size, self.chunks(group), -1)
+            for index, param in enumerate(group["params"]):
+                self.apply_update(param, rows[index % self.world_size, index // self.world_size], group["lr"])
 
 
 # -----------------------------------------------------------------------------
@@ -254,11 +330,15 @@ class CausalSelfAttention(nn.Module):
         self.rotary = Rotary(self.head_dim, max_seq_len)
         self.proj = CastedLinear(model_dim, model_dim, zero_init=True)
 
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.q(x), self.k(x), self.v(x)
+
     def forward(self, x: torch.Tensor, value_embedding: torch.Tensor | None, mask) -> torch.Tensor:
         time_len = x.size(1)
-        q = self.q(x).view(1, time_len, self.num_heads, self.head_dim)
-        k = self.k(x).view(1, time_len, self.num_kv_heads, self.head_dim)
-        v = self.value_lambdas[0] * self.v(x).view(1, time_len, self.num_kv_heads, self.head_dim)
+        q, k, v = self.project_qkv(x)
+        q = q.view(1, time_len, self.num_heads, self.head_dim)
+        k = k.view(1, time_len, self.num_kv_heads, self.head_dim)
+        v = self.value_lambdas[0] * v.view(1, time_len, self.num_kv_heads, self.head_dim)
         if value_embedding is not None:
             v = v + self.value_lambdas[1] * value_embedding.view_as(v)
         q, k = self.rotary(norm(q)), self.rotary(norm(k))  # QK-norm before rotary
@@ -269,6 +349,25 @@ class CausalSelfAttention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=grouped)
         return self.proj(y.transpose(1, 2).reshape(1, time_len, -1))
+
+
+class MergedQKVAttention(CausalSelfAttention):
+    """q, k and v from one product with their weights stacked in one matrix (merged_qkv, a later record's
+    merged QKV): one larger product instead of three, forward and backward. Muon still orthogonalizes q, k
+    and v apart (Muon.row_splits), and checkpoints hold them apart (checkpoint_layout), so the math and the
+    files are the unmerged model's."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)  # draws q, k and v as the unmerged model does: same seed, same weights
+        self.qkv_rows = (self.q.out_features, self.k.out_features, self.v.out_features)
+        merged = torch.cat([self.q.weight, self.k.weight, self.v.weight]).detach()
+        del self.q, self.k, self.v
+        with torch.random.fork_rng(devices=[]):  # its own random init is replaced: leave the seed's stream alone
+            self.qkv = CastedLinear(merged.size(1), merged.size(0))
+        self.qkv.weight = nn.Parameter(merged)
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.qkv(x).split(self.qkv_rows, dim=-1)
 
 
 class MLP(nn.Module):
@@ -283,9 +382,9 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, model_dim: int, num_heads: int, num_kv_heads: int, mlp_dim: int, max_seq_len: int,
-                 has_attention: bool):
+                 has_attention: bool, attention: type = CausalSelfAttention):
         super().__init__()
-        self.attn = CausalSelfAttention(model_dim, num_heads, num_kv_heads, max_seq_len) if has_attention else None
+        self.attn = attention(model_dim, num_heads, num_kv_heads, max_seq_len) if has_attention else None
         self.mlp = MLP(model_dim, mlp_dim)
         self.x0_lambdas = nn.Parameter(torch.tensor([1.0, 0.0]))  # x = l0 * x + l1 * x0
 
@@ -294,6 +393,189 @@ class Block(nn.Module):
         if self.attn is not None:
             x = x + self.attn(norm(x), value_embedding, mask)
         return x + self.mlp(norm(x))
+
+
+# -----------------------------------------------------------------------------
+# The LM head and its loss: the plain path, and the speed switches fp8_head and fused_loss
+
+
+def softcapped_logits(logits: torch.Tensor, softcap: float) -> torch.Tensor:
+    """cap * tanh(logits / cap) in the logits' dtype, then fp32 for the cross-entropy."""
+    return (softcap * torch.tanh(logits / softcap)).float()
+
+
+def softcapped_cross_entropy(x: torch.Tensor, lm_head: CastedLinear, targets: torch.Tensor,
+                             softcap: float) -> torch.Tensor:
+    """The plain path: the whole (tokens x vocab) logits, soft-capped, then the mean cross-entropy over the
+    targets that are not IGNORED_TARGET."""
+    return F.cross_entropy(softcapped_logits(lm_head(x), softcap), targets)
+
+
+# FP8 scales of the record of 2025-01-13 (@YouJiacheng's FP8 head): x, W and the gradient are multiplied by them
+# before their cast to FP8 (e4m3 for x and W, e5m2 for the gradient) and the products divided by them. The
+# record's gradient is that of a mean over FP8_GRAD_TOKENS tokens (its micro-batch); a mean over n tokens has
+# gradients n / FP8_GRAD_TOKENS times smaller, so it gets a scale that much larger (fp8_grad_scale).
+FP8_INPUT_SCALE, FP8_WEIGHT_SCALE, FP8_GRAD_SCALE, FP8_GRAD_TOKENS = 2.0, 32.0, 2.0**29, 65536
+
+
+def fp8_grad_scale(grad_tokens: int) -> float:
+    return FP8_GRAD_SCALE * grad_tokens / FP8_GRAD_TOKENS
+
+
+def to_fp8(x: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """x * scale in an FP8 dtype, saturated at its largest finite value (PyTorch 2.11 casts beyond it to NaN)."""
+    largest = torch.finfo(dtype).max
+    return (x * scale).clamp(-largest, largest).to(dtype)
+
+
+def scaled_mm(a: torch.Tensor, b: torch.Tensor, a_scale: float, b_scale: float, out_dtype: torch.dtype,
+              fast_accum: bool = False) -> torch.Tensor:
+    """a @ b / (a_scale * b_scale) for FP8 operands from to_fp8; a row-major, b column-major, sizes % 16 == 0."""
+    return torch._scaled_mm(a, b, scale_a=a.new_tensor(1 / a_scale, dtype=torch.float32),
+                            scale_b=a.new_tensor(1 / b_scale, dtype=torch.float32), out_dtype=out_dtype,
+                            use_fast_accum=fast_accum)
+
+
+class CastedProducts:
+    """The head's three products (logits = x W^T, grad_x = g W, grad_W = g^T x) as CastedLinear computes them:
+    in the activations' dtype, the fp32 master weight cast once. For chunked_softcapped_cross_entropy, which
+    computes the head's gradients itself."""
+
+    @staticmethod
+    def weight_operand(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return weight.to(dtype)
+
+    @staticmethod
+    def input_operand(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @staticmethod
+    def output(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return x @ weight.T
+
+    @staticmethod
+    def grads(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype, grad_tokens: int):
+        """(grad_x in dtype, grad_W in fp32) from grad, the gradient of a mean over grad_tokens tokens."""
+        grad = grad.to(dtype)
+        return grad @ weight, (grad.T @ x).float()
+
+
+class FP8Products:
+    """The same three products in FP8 through torch._scaled_mm, as the record of 2025-01-13: x and W in e4m3,
+    the gradient in e5m2 (more range, less precision); fast accumulation only for the logits."""
+
+    @staticmethod
+    def weight_operand(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return to_fp8(weight, FP8_WEIGHT_SCALE, torch.float8_e4m3fn)
+
+    @staticmethod
+    def input_operand(x: torch.Tensor) -> torch.Tensor:
+        return to_fp8(x, FP8_INPUT_SCALE, torch.float8_e4m3fn)
+
+    @staticmethod
+    def output(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return scaled_mm(x, weight.T, FP8_INPUT_SCALE, FP8_WEIGHT_SCALE, dtype, fast_accum=True)
+
+    @staticmethod
+    def grads(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype, grad_tokens: int):
+        grad_scale = fp8_grad_scale(grad_tokens)
+        grad = to_fp8(grad, grad_scale, torch.float8_e5m2)
+        grad_x = scaled_mm(grad, weight.T.contiguous().T, grad_scale, FP8_WEIGHT_SCALE, dtype)
+        # grad_W^T = x^T g: the record found it faster than g^T x for (vocab, dim) = (50304, 768)
+        grad_w = scaled_mm(x.T.contiguous(), grad.T.contiguous().T, FP8_INPUT_SCALE, grad_scale, torch.float32)
+        return grad_x, grad_w.T
+
+
+class FP8Linear(torch.autograd.Function):
+    """x @ W^T with FP8Products, forward and backward; the backward keeps only the FP8 copies of x and W."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, grad_tokens: int) -> torch.Tensor:
+        x8, w8 = FP8Products.input_operand(x), FP8Products.weight_operand(weight, x.dtype)
+        ctx.save_for_backward(x8, w8)
+        ctx.dtype, ctx.grad_tokens = x.dtype, grad_tokens
+        return FP8Products.output(x8, w8, x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x8, w8 = ctx.saved_tensors
+        grad_x, grad_w = FP8Products.grads(grad.contiguous(), x8, w8, ctx.dtype, ctx.grad_tokens)
+        return grad_x, grad_w, None
+
+
+class FP8CastedLinear(CastedLinear):
+    """fp8_head: the LM head with its three products in FP8 while training; without gradients (validation,
+    samples) it is the plain bf16 head, as in the record. The same weight as CastedLinear: checkpoints load
+    either way. grad_tokens: the tokens the loss reaching it averages over (a rank's tokens per step)."""
+
+    def __init__(self, in_features: int, out_features: int, zero_init: bool = False, grad_tokens: int = FP8_GRAD_TOKENS):
+        super().__init__(in_features, out_features, zero_init)
+        self.grad_tokens = grad_tokens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return super().forward(x)
+        return FP8Linear.apply(x.flatten(0, -2), self.weight, self.grad_tokens).view(*x.shape[:-1], -1)
+
+
+def chunked_loss_and_grads(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float,
+                           chunk_tokens: int, products, with_grads: bool):
+    """softcapped_cross_entropy's loss over chunks of chunk_tokens tokens, and (with_grads) its gradients with
+    respect to x and the fp32 weight; (loss, grad_x, grad_w). Only one chunk's logits exist at a time.
+
+    d loss / d logit = (softmax - onehot(target)) * (1 - tanh^2) / tokens, tanh the soft cap's; rows of
+    IGNORED_TARGET count for nothing. The soft cap is computed in fp32 (the plain path: in the logits' dtype)."""
+    counted = targets != IGNORED_TARGET
+    tokens = counted.sum()
+    w = products.weight_operand(weight, x.dtype)
+    loss = torch.zeros((), dtype=torch.float32, device=x.device)
+    grad_x, grad_w = [], torch.zeros_like(weight, dtype=torch.float32) if with_grads else None
+    vocab = torch.arange(weight.size(0), device=x.device)
+    for start in range(0, len(x), chunk_tokens):
+        x_chunk, chunk_targets = products.input_operand(x[start:start + chunk_tokens]), targets[start:start + chunk_tokens]
+        chunk_counted = counted[start:start + chunk_tokens]
+        tanh = torch.tanh(products.output(x_chunk, w, x.dtype).float() / softcap)
+        logits = softcap * tanh
+        log_normalizer = torch.logsumexp(logits, dim=-1)
+        target_logits = logits.gather(-1, chunk_targets.clamp(min=0)[:, None])[:, 0]  # IGNORED_TARGET < 0
+        loss = loss + torch.where(chunk_counted, log_normalizer - target_logits, 0.0).sum()
+        if with_grads:
+            grad = ((torch.exp(logits - log_normalizer[:, None]) - (vocab == chunk_targets[:, None]).float())
+                    * (1 - tanh.square()) * (chunk_counted / tokens)[:, None])
+            chunk_grad_x, chunk_grad_w = products.grads(grad, x_chunk, w, x.dtype, len(x))
+            grad_x.append(chunk_grad_x)
+            grad_w = grad_w + chunk_grad_w
+    return loss / tokens, torch.cat(grad_x) if with_grads else None, grad_w
+
+
+class ChunkedSoftcappedCrossEntropy(torch.autograd.Function):
+    """chunked_loss_and_grads as an autograd function: the gradients are computed in the forward, chunk by
+    chunk, from the logits then at hand, and the backward only scales them by the loss's incoming gradient (as
+    Liger Kernel's fused linear cross-entropy does). So the head costs its three products, as on the plain
+    path; recomputing each chunk's logits in the backward instead would add a fourth (about a tenth of the
+    model's matrix FLOPs). What is kept from forward to backward is grad_x and the fp32 grad_W."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float,
+                chunk_tokens: int, products) -> torch.Tensor:
+        loss, grad_x, grad_w = chunked_loss_and_grads(x, weight, targets, softcap, chunk_tokens, products, True)
+        ctx.save_for_backward(grad_x, grad_w)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_x, grad_w = ctx.saved_tensors
+        return grad_x * grad_loss, grad_w * grad_loss, None, None, None, None
+
+
+def chunked_softcapped_cross_entropy(x: torch.Tensor, lm_head: CastedLinear, targets: torch.Tensor,
+                                     softcap: float, chunk_tokens: int, products=CastedProducts) -> torch.Tensor:
+    """fused_loss: softcapped_cross_entropy (same math to fp32 rounding) without the whole (tokens x vocab)
+    logits. products: CastedProducts, or FP8Products with fp8_head (while training; without gradients the
+    head's products are bf16, as FP8CastedLinear's)."""
+    if torch.is_grad_enabled():
+        return ChunkedSoftcappedCrossEntropy.apply(x, lm_head.weight, targets, softcap, chunk_tokens, products)
+    return chunked_loss_and_grads(x, lm_head.weight, targets, softcap, chunk_tokens, CastedProducts, False)[0]
 
 
 # -----------------------------------------------------------------------------
@@ -310,19 +592,22 @@ class GPT(nn.Module):
     def __init__(self, vocab_size: int, num_layers: int, model_dim: int, num_heads: int, num_kv_heads: int,
                  mlp_dim: int, max_seq_len: int, logit_softcap: float, attention_free_layers: tuple[int, ...],
                  num_value_embeddings: int = 3, mask_function=sliding_window_block_mask,
-                 activation_dtype: torch.dtype = torch.bfloat16):
+                 activation_dtype: torch.dtype = torch.bfloat16, attention: type = CausalSelfAttention,
+                 head: type = CastedLinear, head_loss=softcapped_cross_entropy):
         super().__init__()
         self.num_layers, self.logit_softcap, self.mask_function = num_layers, logit_softcap, mask_function
+        self.head_loss = head_loss  # (x, lm_head, targets, softcap) -> mean loss
         self.activation_dtype = activation_dtype
         self.num_encoder_layers = num_layers // 2
         kv_dim = num_kv_heads * (model_dim // num_heads)
         self.embed = nn.Embedding(vocab_size, model_dim)
         self.value_embeds = nn.ModuleList(nn.Embedding(vocab_size, kv_dim) for _ in range(num_value_embeddings))
         self.blocks = nn.ModuleList(
-            Block(model_dim, num_heads, num_kv_heads, mlp_dim, max_seq_len, has_attention=i not in attention_free_layers)
+            Block(model_dim, num_heads, num_kv_heads, mlp_dim, max_seq_len, has_attention=i not in attention_free_layers,
+                  attention=attention)
             for i in range(num_layers))
         self.skip_weights = nn.Parameter(torch.ones(num_layers - self.num_encoder_layers))
-        self.lm_head = CastedLinear(model_dim, vocab_size, zero_init=True)
+        self.lm_head = head(model_dim, vocab_size, zero_init=True)
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor | None, window_blocks: torch.Tensor):
         """inputs: one flat token sequence (documents separated by EOT). Returns the mean loss, or the
@@ -340,12 +625,10 @@ class GPT(nn.Module):
             x = block(x, x0, value_embeddings[i], mask)
             if i < self.num_encoder_layers:
                 skips.append(x)
-        logits = self.lm_head(norm(x))
-        logits = self.logit_softcap * torch.tanh(logits / self.logit_softcap)  # soft cap, in activation_dtype
-        logits = logits.float()  # the cross-entropy in fp32
+        x = norm(x)[0]
         if targets is None:
-            return logits[0]
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets)
+            return softcapped_logits(self.lm_head(x), self.logit_softcap)
+        return self.head_loss(x, self.lm_head, targets, self.logit_softcap)
 
 
 # -----------------------------------------------------------------------------
@@ -601,14 +884,27 @@ class Hyperparameters:
     collective_timeout_s: int = setting(300, "seconds a collective waits for a dead or stuck rank before the run "
                                         "stops with an error", "positive")
     seed: int = setting(0, "seed of the initial weights and of the samples", "non_negative")
+    # speed switches: each off by default (the record's path) until the GPU comparison decides; DESIGN.md
+    fused_loss: bool = setting(False, "LM head, soft cap and cross-entropy over chunks of tokens, never holding the "
+                               "whole fp32 logits (same math to fp32 rounding, less memory)")
+    fused_loss_chunk_tokens: int = setting(8192, "tokens per chunk of fused_loss", "positive")
+    fp8_head: bool = setting(False, "the LM head's three products in FP8 (e4m3 forward, e5m2 gradients, the "
+                             "record of 2025-01-13's scales); changes the numerics; needs compute capability 8.9+")
+    merged_qkv: bool = setting(False, "q, k and v from one stacked matrix, one product instead of three; Muon "
+                               "still orthogonalizes them apart and checkpoints hold them apart (same math)")
+    batched_muon: bool = setting(False, "Newton-Schulz on all same-shape matrices a rank owns in one batched "
+                                 "product per iteration, instead of one matrix after another (same math to bf16 "
+                                 "rounding)")
 
 
-# Fields that leave the trained weights unchanged: a resumed run may change them. (records/compare.py groups
-# repeated runs by a narrower set, FIELDS_IGNORED_FOR_GROUPING: data, validation and compilation still split.)
+# Fields that leave the trained weights unchanged (or change them by rounding only: fused_loss, merged_qkv,
+# batched_muon): a resumed run may change them. (records/compare.py groups repeated runs by a narrower set,
+# FIELDS_IGNORED_FOR_GROUPING: data, validation and compilation still split.)
 BOOKKEEPING_FIELDS = ("val_loss_every", "timing_warmup_steps", "run_id", "save_checkpoint", "checkpoint_every",
                       "keep_checkpoints", "resume", "force_resume", "sample_at_end", "sample_prompts",
                       "sample_tokens", "compile", "coordinate_descent_tuning", "peak_tflops",
-                      "collective_timeout_s", "train_files", "val_files", "checkpoint_failure_stops")
+                      "collective_timeout_s", "train_files", "val_files", "checkpoint_failure_stops", "fused_loss",
+                      "fused_loss_chunk_tokens", "merged_qkv", "batched_muon")
 
 
 def parse_hyperparameters(argv: list[str]) -> Hyperparameters:
@@ -701,6 +997,12 @@ def check_hyperparameters(args: Hyperparameters, world_size: int):
         raise InputError(f"vocab_size={args.vocab_size} must exceed the GPT-2 EOT token id {EOT_TOKEN}")
     if args.vocab_size > 65536:
         raise InputError(f"vocab_size={args.vocab_size}: shards hold uint16 token ids, so at most 65536")
+    if args.fp8_head and (args.model_dim % 16 or args.vocab_size % 16):
+        raise InputError(f"fp8_head=true: FP8 products need model_dim={args.model_dim} and vocab_size="
+                         f"{args.vocab_size} divisible by 16; change them or turn fp8_head off")
+    if args.fp8_head and args.fused_loss and args.fused_loss_chunk_tokens % 16:
+        raise InputError(f"fused_loss_chunk_tokens={args.fused_loss_chunk_tokens}: with fp8_head each chunk's "
+                         "FP8 products need a multiple of 16 tokens")
     if args.sample_at_end and not args.sample_prompts.strip():
         raise InputError("sample_at_end=true with no sample_prompts")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.run_id or "x"):
@@ -989,6 +1291,15 @@ def check_restarts():
                          "--rdzv_backend=c10d (or --standalone) ...")
 
 
+def check_device(args: Hyperparameters, device: torch.device):
+    """What the hyperparameters need of the card: FP8 matrix units for fp8_head (compute capability 8.9+)."""
+    if args.fp8_head and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise InputError(f"fp8_head=true needs FP8 matrix units (compute capability 8.9 or higher: Ada, Hopper, "
+                         f"Blackwell); {torch.cuda.get_device_name(device)} has {major}.{minor}: run with "
+                         "--fp8_head=false")
+
+
 def environment_report(device: torch.device, world_size: int) -> str:
     try:
         smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
@@ -1014,6 +1325,7 @@ def setup(args: Hyperparameters) -> Run:
     try:
         train_files, val_files = check_run_inputs(args, world_size)
         check_model_fits(args, device)
+        check_device(args, device)
         check_run_outputs(args)
         check_restarts()
     except InputError as error:
@@ -1101,14 +1413,21 @@ def attention_mask_function(args: Hyperparameters, device: torch.device):
     return compiled_sliding_window_block_mask if compiles(args, device) else sliding_window_block_mask
 
 
-def build_model(args: Hyperparameters, device: torch.device) -> GPT:
+def build_model(args: Hyperparameters, device: torch.device, world_size: int = 1) -> GPT:
     activation_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32,
                         "auto": torch.bfloat16 if device.type == "cuda" else torch.float32}[args.compute_dtype]
+    # The loss reaching the head is a mean over a rank's tokens of the step (micro-batch means / their count).
+    head = (functools.partial(FP8CastedLinear, grad_tokens=args.batch_size // world_size) if args.fp8_head
+            else CastedLinear)
+    head_loss = (functools.partial(chunked_softcapped_cross_entropy, chunk_tokens=args.fused_loss_chunk_tokens,
+                                   products=FP8Products if args.fp8_head else CastedProducts)
+                 if args.fused_loss else softcapped_cross_entropy)
     model = GPT(vocab_size=args.vocab_size, num_layers=args.num_layers, model_dim=args.model_dim,
                 num_heads=args.num_heads, num_kv_heads=args.num_kv_heads, mlp_dim=args.mlp_dim,
                 max_seq_len=args.sequence_length, logit_softcap=args.logit_softcap,
                 attention_free_layers=attention_free_layers(args), mask_function=attention_mask_function(args, device),
-                activation_dtype=activation_dtype)
+                activation_dtype=activation_dtype, head=head, head_loss=head_loss,
+                attention=MergedQKVAttention if args.merged_qkv else CausalSelfAttention)
     if args.bf16_embeddings:
         for module in model.modules():
             if isinstance(module, nn.Embedding):
@@ -1177,8 +1496,11 @@ def build_optimizers(model: GPT, args: Hyperparameters, rank: int, world_size: i
     orthogonalize = newton_schulz_orthogonalize
     if compiles(args, device):  # compiled on its own, apart from the model
         orthogonalize = torch.compile(newton_schulz_orthogonalize)
-    muon = Muon(hidden_matrices, lr=args.muon_lr, momentum=args.muon_momentum, ns_steps=args.newton_schulz_steps,
-                rank=rank, world_size=world_size, orthogonalize=orthogonalize)
+    row_splits = {module.qkv.weight: module.qkv_rows for module in model.modules()
+                  if isinstance(module, MergedQKVAttention)}
+    muon = (BatchedMuon if args.batched_muon else Muon)(
+        hidden_matrices, lr=args.muon_lr, momentum=args.muon_momentum, ns_steps=args.newton_schulz_steps,
+        rank=rank, world_size=world_size, orthogonalize=orthogonalize, row_splits=row_splits)
     for optimizer in (adam, muon):
         for group in optimizer.param_groups:
             group["initial_lr"] = group["lr"]
@@ -1347,7 +1669,7 @@ def build_training(run: Run) -> Training:
     resuming."""
     args = run.args
     torch.manual_seed(args.seed)
-    model = build_model(args, run.device)
+    model = build_model(args, run.device, run.world_size)
     adam, muon = build_optimizers(model, args, run.rank, run.world_size)
     resumed = resume_from_checkpoint(run, model, adam, muon) if run.resume_from else {}
     first_step = resumed.get("step", 0)
@@ -1543,6 +1865,31 @@ def train(run: Run, tr: Training, signals: StopSignals):
 CHECKPOINT_FORMAT = "train_gpt.py checkpoint 1"
 
 
+def merged_qkv_names(model: GPT) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    """Name of each merged_qkv weight -> (the names of q, k and v in the unmerged model, their row counts)."""
+    return {f"{name}.qkv.weight": (tuple(f"{name}.{part}.weight" for part in "qkv"), module.qkv_rows)
+            for name, module in model.named_modules() if isinstance(module, MergedQKVAttention)}
+
+
+def checkpoint_layout(model: GPT, tensors: dict) -> dict:
+    """Weights or Muon momenta by name as checkpoints hold them: q, k and v apart, so that a checkpoint loads
+    whether merged_qkv is on or off."""
+    tensors = dict(tensors)
+    for merged, (names, rows) in merged_qkv_names(model).items():
+        tensors.update(zip(names, tensors.pop(merged).split(rows)))
+    return tensors
+
+
+def model_layout(model: GPT, tensors: dict) -> dict:
+    """The inverse of checkpoint_layout: a checkpoint's tensors by this model's names (q, k and v stacked
+    where merged_qkv is on). Names it does not hold stay as they are, for load_state_dict to name."""
+    tensors = dict(tensors)
+    for merged, (names, _) in merged_qkv_names(model).items():
+        if all(name in tensors for name in names):
+            tensors[merged] = torch.cat([tensors.pop(name) for name in names])
+    return tensors
+
+
 def save_checkpoint(run: Run, tr: Training) -> Path | None:
     """Writes logs/<run_id>/step_<step>.pt: weights, both optimizers' states (Muon's momentum gathered from the
     ranks that own it), the step (which fixes the data position: one shard batch per step), the clock, the RNG,
@@ -1563,8 +1910,9 @@ def save_checkpoint(run: Run, tr: Training) -> Path | None:
         if run.rank == 0:
             state = dict(format=CHECKPOINT_FORMAT, run_id=run.run_id, step=tr.step, world_size=run.world_size,
                          log=str(run.log_path), code=run.code, hyperparameters=dataclasses.asdict(run.args),
-                         model={name: value.cpu() for name, value in tr.model.state_dict().items()},
-                         adam_state=tr.adam.state_dict()["state"], muon_momentum=momentum,
+                         model=checkpoint_layout(tr.model, {name: value.cpu()
+                                                            for name, value in tr.model.state_dict().items()}),
+                         adam_state=tr.adam.state_dict()["state"], muon_momentum=checkpoint_layout(tr.model, momentum),
                          training_time_ms=tr.training_time_ms, timed_steps=tr.timed_steps,
                          timed_flops=tr.timed_flops, rng_cpu=torch.get_rng_state(),
                          rng_cuda=torch.cuda.get_rng_state(run.device) if run.on_gpu else None)
@@ -1651,14 +1999,15 @@ def resume_from_checkpoint(run: Run, model: GPT, adam: torch.optim.Adam, muon: M
         raise InputError(f"{path}: holds step {checkpoint['step']}, but this run ends at num_iterations="
                          f"{args.num_iterations}")
     try:
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(model_layout(model, checkpoint["model"]))
     except RuntimeError as error:
         raise InputError(f"{path}: holds a model of another shape: {str(error).splitlines()[1].strip()}") from None
     adam.load_state_dict(dict(state=checkpoint["adam_state"], param_groups=adam.state_dict()["param_groups"]))
     names = {id(param): name for name, param in model.named_parameters()}
+    momentum = model_layout(model, checkpoint["muon_momentum"])
     for param, owner in muon.owned_parameters():  # owners follow this run's number of ranks
         if owner == run.rank:
-            muon.state[param]["momentum_buffer"] = checkpoint["muon_momentum"][names[id(param)]].to(run.device)
+            muon.state[param]["momentum_buffer"] = momentum[names[id(param)]].to(run.device)
     torch.set_rng_state(checkpoint["rng_cpu"].clone())
     if run.on_gpu and checkpoint["rng_cuda"] is not None:
         torch.cuda.set_rng_state(checkpoint["rng_cuda"].clone(), run.device)

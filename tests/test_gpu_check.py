@@ -37,6 +37,9 @@ KERNELS = {
         "cutlass_80_tensorop_bf16_s16816gemm_relu_bf16_64x64_32x6_tn_align8::Params)",
         "triton_tem_fused_mm_0",
         "aten::mm",
+        "triton_tem_fused_bmm_0",  # batched products: batched_muon's Newton-Schulz (Muon's row inside its scope)
+        "aten::bmm",
+        "aten::baddbmm",
     ],
     "attention forward": [
         "triton_tem_fused_flex_attention_0",

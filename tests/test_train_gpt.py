@@ -79,17 +79,20 @@ def test_newton_schulz_orientation_is_consistent():
 
 
 # -----------------------------------------------------------------------------
-# Muon: the same step on 1 and 2 gloo ranks, bitwise
+# Muon: the same step on 1, 2 and 4 gloo ranks, bitwise; batched_muon and row splits (merged_qkv) the same
 
 sys.path.insert(0, str(TESTS))
 import muon_worker  # noqa: E402
 
 
-def run_muon_ranks(tmp_path: Path, world_sizes=(1, 2)) -> dict[int, list[dict]]:
-    """world size -> every rank's saved results; all groups' ranks run at once, each in its own process."""
+@pytest.fixture(scope="module")
+def muon_ranks(tmp_path_factory) -> dict[int, list[dict]]:
+    """world size -> every rank's saved results (variant -> results); all ranks of the world sizes 1, 2 and 4
+    run at once, each in its own process."""
+    tmp_path = tmp_path_factory.mktemp("muon")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     runs = {}
-    for world_size in world_sizes:
+    for world_size in (1, 2, 4):
         store = tmp_path / f"store{world_size}"
         outputs = [tmp_path / f"muon_w{world_size}_r{rank}.pt" for rank in range(world_size)]
         runs[world_size] = [(subprocess.Popen([sys.executable, str(TESTS / "muon_worker.py"), str(rank),
@@ -121,14 +124,14 @@ def reference_muon(momenta=muon_worker.MOMENTA, nesterov=True):
     return snapshots
 
 
-def test_muon_two_ranks_equal_one_rank_bitwise(tmp_path):
-    results = run_muon_ranks(tmp_path)
-    (single,), pair = results[1], results[2]
+def test_muon_two_and_four_ranks_equal_one_rank_bitwise(muon_ranks):
+    single, = (result["loop"] for result in muon_ranks[1])
+    pair = [result["loop"] for result in muon_ranks[2]]
     shapes = muon_worker.SHAPES
     # Groups by size, largest first, each in the order given.
     assert single["groups"] == [shapes[:5], shapes[5:8], shapes[8:]]
     for step in range(len(muon_worker.MOMENTA)):
-        for rank_result in pair:
+        for rank_result in pair + [result["loop"] for result in muon_ranks[4]]:
             for i, (a, b) in enumerate(zip(single["snapshots"][step], rank_result["snapshots"][step])):
                 assert torch.equal(a, b), f"step {step}, parameter {i} {shapes[i]}"
     # Every parameter moved at every step, and its momentum lives on exactly one of the 2 ranks.
@@ -158,6 +161,23 @@ def test_muon_two_ranks_equal_one_rank_bitwise(tmp_path):
     # as orthogonalization ignores the update's scale).
     assert max(relative_differences(single["snapshots"], reference_muon(momenta=(0.95,) * 3))) > 0.15
     assert max(relative_differences(single["snapshots"], reference_muon(nesterov=False))) > 0.15
+
+
+@pytest.mark.parametrize("variant", ["batched", "loop_stacked", "batched_stacked"])
+def test_batched_muon_and_row_splits_equal_the_loop_on_1_2_and_4_ranks(muon_ranks, variant):
+    """batched_muon, and parameters stacked from several matrices with row_splits (merged_qkv's q, k, v), give
+    every matrix the loop's update on separate matrices, to bf16 rounding (measured: bitwise on the CPU)."""
+    loop = muon_ranks[1][0]["loop"]
+    for world_size, results in muon_ranks.items():
+        for rank, result in enumerate(results):
+            before = muon_worker.make_params()
+            for step, (expected, snapshot) in enumerate(zip(loop["snapshots"], result[variant]["snapshots"])):
+                for i, (old, want, got) in enumerate(zip(before, expected, snapshot)):
+                    difference = ((got - old) - (want - old)).norm() / (want - old).norm()
+                    assert difference < 1e-3, (world_size, rank, step, muon_worker.SHAPES[i], difference.item())
+                before = expected
+            if variant == "batched":  # the same owners: momentum is handed over on resume as the loop's
+                assert result[variant]["owned"] == muon_ranks[world_size][rank]["loop"]["owned"]
 
 
 # -----------------------------------------------------------------------------
