@@ -34,7 +34,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tokens", type=int, nargs="+", default=[4096, 8192], help="default %(default)s")
     parser.add_argument("--dim", type=int, default=768, help="default %(default)s")
     parser.add_argument("--vocab", type=int, default=50304, help="default %(default)s")
-    parser.add_argument("--chunk_tokens", type=int, default=1024, help="fused_loss_chunk_tokens; default %(default)s")
+    parser.add_argument("--chunk_tokens", type=int, default=1024,
+                        help="fused_loss_chunk_tokens; default %(default)s")
     parser.add_argument("--case", nargs=2, help=argparse.SUPPRESS)  # tokens, plain|fused: run one case here
     options = parser.parse_args(argv)
     if options.case:
