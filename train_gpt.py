@@ -508,7 +508,8 @@ class FP8CastedLinear(CastedLinear):
     samples) it is the plain bf16 head, as in the record. The same weight as CastedLinear: checkpoints load
     either way. grad_tokens: the tokens the loss reaching it averages over (a rank's tokens per step)."""
 
-    def __init__(self, in_features: int, out_features: int, zero_init: bool = False, grad_tokens: int = FP8_GRAD_TOKENS):
+    def __init__(self, in_features: int, out_features: int, zero_init: bool = False,
+                 grad_tokens: int = FP8_GRAD_TOKENS):
         super().__init__(in_features, out_features, zero_init)
         self.grad_tokens = grad_tokens
 
@@ -532,8 +533,8 @@ def chunked_loss_and_grads(x: torch.Tensor, weight: torch.Tensor, targets: torch
     grad_x, grad_w = [], torch.zeros_like(weight, dtype=torch.float32) if with_grads else None
     vocab = torch.arange(weight.size(0), device=x.device)
     for start in range(0, len(x), chunk_tokens):
-        x_chunk, chunk_targets = products.input_operand(x[start:start + chunk_tokens]), targets[start:start + chunk_tokens]
-        chunk_counted = counted[start:start + chunk_tokens]
+        rows = slice(start, start + chunk_tokens)
+        x_chunk, chunk_targets, chunk_counted = products.input_operand(x[rows]), targets[rows], counted[rows]
         tanh = torch.tanh(products.output(x_chunk, w, x.dtype).float() / softcap)
         logits = softcap * tanh
         log_normalizer = torch.logsumexp(logits, dim=-1)

@@ -40,6 +40,10 @@ KERNELS = {
         "triton_tem_fused_bmm_0",  # batched products: batched_muon's Newton-Schulz (Muon's row inside its scope)
         "aten::bmm",
         "aten::baddbmm",
+        "aten::_scaled_mm",  # fp8_head
+        "sm90_xmma_gemm_e4m3e4m3_e4m3f32_f32_tn_n_tilesize128x128x128_warpgroupsize1x1x1_execute_segment_k_off_kernel",
+        "FP8Linear",
+        "FP8LinearBackward",
     ],
     "attention forward": [
         "triton_tem_fused_flex_attention_0",
@@ -61,6 +65,10 @@ KERNELS = {
         "triton_poi_fused__to_copy_div_mul_tanh_2",
         "aten::nll_loss_forward",
         "aten::tanh",
+        "aten::logsumexp",  # fused_loss, eager
+        "triton_red_fused__to_copy_div_logsumexp_mul_tanh_4",  # fused_loss, compiled
+        "ChunkedSoftcappedCrossEntropy",
+        "ChunkedSoftcappedCrossEntropyBackward",
     ],
     "Muon (Newton-Schulz)": [
         "triton_red_fused__to_copy_add_div_linalg_vector_norm_0",

@@ -44,8 +44,9 @@ KERNEL_CLASSES = (
     ("attention forward", r"flex_attention|flash_fwd|fmha|fprop|_fwd|flash_attention|efficient_attention"
                           r"|scaled_dot_product|sdpa"),
     ("matrix products", r"gemm|matmul|cutlass|cublas|xmma|nvjet|^(ampere|hopper|volta|turing|sm\d+)_"
-                        r"|^aten::(mm|addmm|bmm|baddbmm|mv|addmv)$|triton_tem_fused_\w*mm"),
-    ("cross-entropy and soft cap", r"log_softmax|nll_loss|cross_entropy|tanh"),
+                        r"|^aten::(mm|addmm|bmm|baddbmm|mv|addmv|_scaled_mm)$|triton_tem_fused_\w*mm|scaled_mm"
+                        r"|^FP8Linear"),  # fp8_head's products (FP8Linear: its autograd function on a CPU)
+    ("cross-entropy and soft cap", r"log_softmax|nll_loss|cross_entropy|tanh|logsumexp|softcapped"),
     ("Muon (Newton-Schulz)", r"linalg_vector_norm|lerp|newton|muon"),
     ("norms", r"rms_norm|rsqrt|layer_norm"),
     ("elementwise", r"elementwise|triton_(poi|per|red)_|^aten::(add|mul|sub|div|relu|pow|square|copy|to|_to_copy|"
