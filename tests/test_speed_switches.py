@@ -201,8 +201,8 @@ def test_a_plain_checkpoint_resumed_with_the_switches_on_continues_the_same_run(
     weights = train_in_process(tmp_path, overrides(data_dir, run_id="on", resume=str(checkpoint), **SWITCHES_ON))
     resumed = losses(tmp_path / "logs" / "on.txt")
     assert sorted(resumed) == [("train_loss", s) for s in range(4, 7)] + [("val_loss", 3), ("val_loss", 6)]
-    for key, value in resumed.items():  # measured: equal as logged (4 decimals)
-        assert value == pytest.approx(plain_losses[key], abs=1e-4), key
+    for key, value in resumed.items():  # the same to rounding: one unit of the log's 4th decimal at most
+        assert value == pytest.approx(plain_losses[key], abs=1.5e-4), key
     # Measured: 4e-4 (Newton-Schulz amplifies rounding along small singular values), while the weights of step 3
     # are 8e-2 away from those of step 6.
     assert relative_difference(weights, plain_weights) < 2e-3

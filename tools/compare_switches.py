@@ -1,8 +1,8 @@
 """train_gpt.py's speed switches side by side, every variant in one process (one device call).
 
-    python tools/compare_switches.py --out switches --budget 540 \\
+    python tools/compare_switches.py --out switches --budget 390 \\
         --train_files='devdata/fineweb_train_*.bin' --val_files='devdata/fineweb_val_*.bin'
-    python tools/compare_switches.py --protocol quality --out quality --budget 540 --train_files=... --val_files=...
+    python tools/compare_switches.py --protocol quality --out quality --budget 300 --train_files=... --val_files=...
     python tools/compare_switches.py --dry-run --out /tmp/switches --train_files=... --val_files=...  # a CPU
 
 --protocol speed (the default) builds each variant of VARIANTS in turn, in that order (the most telling
@@ -25,7 +25,8 @@ quality run) starts only if it is expected to end within the budget, expected to
 so far; the rest are listed as skipped. A variant that check_hyperparameters refuses (say fp8_head on a card without FP8)
 is listed with the reason. Every other --name=value is a trainer override (python train_gpt.py --help) and
 applies to every variant; the switches themselves are set by the variant. --dry-run appends tiny overrides and
-runs 1 + 1 steps per variant, for the CPU (tests).
+runs 1 + 1 steps per variant, for the CPU (tests). The device plan (two calls in one session's 15 minutes):
+DESIGN.md 8.
 """
 import argparse
 import dataclasses
