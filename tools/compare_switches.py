@@ -208,18 +208,26 @@ def speed_report(run, options, results: dict, notes: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def may_run(run, args, label: str, budget, notes: list[str]) -> bool:
+    """Whether a variant (or quality run) runs: the trainer accepts its settings on this card and the budget
+    holds it; otherwise a note says why not."""
+    try:
+        train_gpt.check_hyperparameters(args, run.world_size)
+        train_gpt.check_device(args, run.device)
+    except train_gpt.InputError as error:
+        notes.append(f"{label}: not run: {error}")
+        return False
+    if not budget.allows_another():
+        notes.append(f"{label}: skipped, the budget of {budget.seconds:.0f} s would not hold it")
+        return False
+    return True
+
+
 def compare_speed(run, options) -> str:
     results, notes, budget = {}, [], Budget(options.budget)
     for name, switches in tqdm(options.variants, desc="variants", unit="variant", disable=run.rank != 0):
         args = variant_args(run.args, switches, run_id=run.run_id)
-        try:
-            train_gpt.check_hyperparameters(args, run.world_size)
-            train_gpt.check_device(args, run.device)
-        except train_gpt.InputError as error:
-            notes.append(f"{name}: not run: {error}")
-            continue
-        if not budget.allows_another():
-            notes.append(f"{name}: skipped, the budget of {options.budget:.0f} s would not hold it")
+        if not may_run(run, args, name, budget, notes):
             continue
         run.log(f"variant: {name} ({', '.join(switches) or 'no switch'})", console=True)
         started = time.perf_counter()
@@ -265,14 +273,7 @@ def compare_quality(run, options) -> str:
     runs = [(seed, name, switches) for seed in QUALITY_SEEDS for name, switches in QUALITY_VARIANTS]
     for seed, name, switches in tqdm(runs, desc="quality runs", unit="run", disable=run.rank != 0):
         args = variant_args(run.args, switches, seed=seed, run_id=run.run_id)
-        try:
-            train_gpt.check_hyperparameters(args, run.world_size)
-            train_gpt.check_device(args, run.device)
-        except train_gpt.InputError as error:
-            notes.append(f"{name} seed {seed}: not run: {error}")
-            continue
-        if not budget.allows_another():
-            notes.append(f"{name} seed {seed}: skipped, the budget of {options.budget:.0f} s would not hold it")
+        if not may_run(run, args, f"{name} seed {seed}", budget, notes):
             continue
         run.log(f"quality run: {name} seed {seed}", console=True)
         started = time.perf_counter()
