@@ -6,6 +6,7 @@ FP8 products run through torch._scaled_mm. On a CPU without FP8 units, oneDNN's 
 about 1000 times slower than PyTorch's own CPU kernel (same results, checked below), so the FP8 tests turn
 oneDNN off (without_onednn)."""
 import contextlib
+import functools
 import signal
 import sys
 from pathlib import Path
@@ -38,6 +39,15 @@ def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
 
 # -----------------------------------------------------------------------------
 # fused_loss: the same loss and gradients as the plain path
+
+
+def head_loss_and_gradients(loss_function, x: torch.Tensor, head, targets: torch.Tensor):
+    """loss_function(x, head, targets, soft cap 15)'s value and the gradients of x and of the head's weight."""
+    loss = loss_function(x, head, targets, 15.0)
+    loss.backward()
+    result = loss.item(), x.grad.clone(), head.weight.grad.clone()
+    x.grad = head.weight.grad = None
+    return result
 
 
 def small_model(**overrides) -> train_gpt.GPT:
@@ -98,14 +108,9 @@ def test_fused_loss_in_bf16_activations_is_the_plain_path_to_bf16_rounding():
     head = train_gpt.CastedLinear(64, VOCAB)
     torch.nn.init.normal_(head.weight, 0, 0.5)
     targets = torch.randint(0, VOCAB, (256,))
-    results = []
-    for loss_function in (train_gpt.softcapped_cross_entropy,
-                          lambda *a: train_gpt.chunked_softcapped_cross_entropy(*a, chunk_tokens=96)):
-        loss = loss_function(x, head, targets, 15.0)
-        loss.backward()
-        results.append((loss.item(), x.grad.clone(), head.weight.grad.clone()))
-        x.grad = head.weight.grad = None
-    (plain_loss, plain_x, plain_w), (loss, grad_x, grad_w) = results
+    plain_loss, plain_x, plain_w = head_loss_and_gradients(train_gpt.softcapped_cross_entropy, x, head, targets)
+    loss, grad_x, grad_w = head_loss_and_gradients(
+        functools.partial(train_gpt.chunked_softcapped_cross_entropy, chunk_tokens=96), x, head, targets)
     assert loss == pytest.approx(plain_loss, rel=1e-3)
     assert relative_error(grad_x, plain_x) < 2e-2 and relative_error(grad_w, plain_w) < 2e-2
 
@@ -209,16 +214,11 @@ def test_fused_loss_with_fp8_head_gives_the_fp8_heads_loss_and_gradients():
     targets = torch.randint(0, 1024, (256,))
     head = train_gpt.FP8CastedLinear(64, 1024, grad_tokens=256)
     torch.nn.init.normal_(head.weight, 0, 0.5)
-    results = []
     with without_onednn():
-        for loss_function in (train_gpt.softcapped_cross_entropy,
-                              lambda *a: train_gpt.chunked_softcapped_cross_entropy(
-                                  *a, chunk_tokens=96, products=train_gpt.FP8Products)):
-            loss = loss_function(x, head, targets, 15.0)
-            loss.backward()
-            results.append((loss.item(), x.grad.clone(), head.weight.grad.clone()))
-            x.grad = head.weight.grad = None
-    (plain_loss, plain_x, plain_w), (loss, grad_x, grad_w) = results
+        plain_loss, plain_x, plain_w = head_loss_and_gradients(train_gpt.softcapped_cross_entropy, x, head, targets)
+        loss, grad_x, grad_w = head_loss_and_gradients(functools.partial(
+            train_gpt.chunked_softcapped_cross_entropy, chunk_tokens=96, products=train_gpt.FP8Products),
+            x, head, targets)
     assert loss == pytest.approx(plain_loss, rel=1e-6)
     assert relative_error(grad_x, plain_x) < 1e-3 and relative_error(grad_w, plain_w) < 1e-3
 
